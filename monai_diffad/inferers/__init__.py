@@ -1,0 +1,24 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Anomaly-detection inferers; each subclasses ``monai.inferers.DiffusionInferer``."""
+
+from __future__ import annotations
+
+from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
+from monai_diffad.inferers.output import AnomalyOutput
+from monai_diffad.inferers.posterior import posterior_step, predict_original
+from monai_diffad.inferers.thor import THOR_DEFAULTS, THORInferer, harmonization_mask, harmonize
+
+__all__ = [
+    "AnoDDPMInferer",
+    "AnomalyOutput",
+    "DDPMAnomalyInferer",
+    "DiffusionAnomalyInferer",
+    "SeededNoise",
+    "THORInferer",
+    "THOR_DEFAULTS",
+    "harmonization_mask",
+    "harmonize",
+    "posterior_step",
+    "predict_original",
+]

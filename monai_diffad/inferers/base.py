@@ -1,0 +1,387 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Shared detection machinery for diffusion anomaly detectors built on ``monai.inferers.DiffusionInferer``.
+
+Every method here restores an input to a pseudo-healthy image and compares the two. What they share lives in this
+module: input validation, value-range mapping between the data and the network, per-image seeded noise, the
+partial-noising reverse loop from level L (which MONAI's ``DiffusionInferer.sample`` cannot do: it always walks
+the scheduler's full timestep list), slice-wise batching of 3D volumes and the image-level score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import DDPMScheduler
+from monai.utils import look_up_option
+from tqdm.auto import tqdm
+
+from monai_diffad.inferers.output import AnomalyOutput
+from monai_diffad.inferers.posterior import posterior_step, predict_original
+from monai_diffad.noise import NoiseType, make_noise
+
+__all__ = ["DiffusionAnomalyInferer", "SeededNoise", "StepCallback"]
+
+#: ``callback(t, x0_hat, x_prev) -> x_prev`` runs after each reverse step; THOR uses it to harmonize.
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+_OUT_OF_RANGE = ("error", "clip")
+_MAX_SEED = 2**62
+
+
+class SeededNoise:
+    """Per-image noise streams, so a result does not depend on batch size or on how a volume is split into chunks.
+
+    Each image (or slice) owns a CPU ``torch.Generator`` seeded from an integer; noise is drawn on the CPU and moved to
+    the target device, which also makes CPU and CUDA runs use identical noise.
+
+    Args:
+        seeds: one integer seed per image in the batch.
+        noise_type: ``"gaussian"`` or ``"simplex"``.
+        device: device of the returned noise.
+        simplex_kwargs: extra options for :func:`monai_diffad.noise.simplex_noise` (e.g. ``normalize``).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        noise_type: str,
+        device: torch.device,
+        simplex_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.noise_type = noise_type
+        self.device = device
+        self.simplex_kwargs = simplex_kwargs or {}
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, shape: Sequence[int], t: int = 0) -> torch.Tensor:
+        """Noise of shape ``(len(seeds), *shape)``; ``t`` is Simplex noise's third coordinate (ignored for Gaussian)."""
+        parts = [
+            make_noise(self.noise_type, (1, *shape), t=t, generator=g, simplex_kwargs=self.simplex_kwargs)
+            for g in self.generators
+        ]
+        return torch.cat(parts, dim=0).to(self.device)
+
+
+class DiffusionAnomalyInferer(DiffusionInferer):
+    """Base class: partial noising to level L, reverse diffusion to 0, and an anomaly map from input vs restoration.
+
+    The parent's training call is unchanged: ``inferer(inputs, model, noise, timesteps)`` returns the network
+    prediction exactly as ``DiffusionInferer`` does, so every subclass is a drop-in in MONAI training loops. Called as
+    ``inferer(inputs, model)`` (what ``SupervisedEvaluator`` does), it runs :meth:`detect` and returns the outputs
+    named in ``evaluator_outputs`` stacked along the channel dimension.
+
+    Args:
+        scheduler: the ``DDPMScheduler`` the network was trained with.
+        noise_level: L, the level the input is noised to; the reverse loop makes L + 1 network calls. In [1, T - 1].
+        noise_type: ``"gaussian"`` or ``"simplex"``, used to noise the input and in every reverse step.
+        value_range: (low, high) intensity range of the inputs; maps are computed on inputs rescaled to [0, 1].
+        model_range: (low, high) range the network was trained on (the references map [0, 1] to [-1, 1]).
+        out_of_range: what to do with inputs outside ``value_range`` by more than 5 % of its width:
+            ``"error"`` (default) or ``"clip"``.
+        simplex_normalize: give Simplex noise unit variance (the references do not; raw std is about 0.5).
+        max_batch_size: images (or volume slices) processed together; bounds memory for large volumes.
+        score_top_fraction: the image-level score is the mean of this top fraction of map values.
+        evaluator_outputs: fields stacked on the channel axis when called as ``inferer(inputs, model)``.
+
+    Raises:
+        TypeError: ``scheduler`` is not a ``DDPMScheduler``.
+        ValueError: an option is out of range or unknown.
+    """
+
+    default_noise_level: int = 350
+    default_noise_type: str = NoiseType.GAUSSIAN
+
+    def __init__(
+        self,
+        scheduler: DDPMScheduler,
+        noise_level: int | None = None,
+        noise_type: str | None = None,
+        value_range: Sequence[float] = (0.0, 1.0),
+        model_range: Sequence[float] = (-1.0, 1.0),
+        out_of_range: str = "error",
+        simplex_normalize: bool = False,
+        max_batch_size: int = 32,
+        score_top_fraction: float = 0.01,
+        evaluator_outputs: Sequence[str] = ("anomaly_map",),
+    ) -> None:
+        if not isinstance(scheduler, DDPMScheduler):
+            raise TypeError(
+                f"{type(self).__name__} needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}."
+            )
+        super().__init__(scheduler)
+        self.noise_type = str(look_up_option(self.default_noise_type if noise_type is None else noise_type, NoiseType))
+        self.noise_level = self._check_level(self.default_noise_level if noise_level is None else noise_level)
+        self.value_range = self._check_range(value_range, "value_range")
+        self.model_range = self._check_range(model_range, "model_range")
+        self.out_of_range = look_up_option(out_of_range, _OUT_OF_RANGE)
+        self.simplex_normalize = bool(simplex_normalize)
+        if int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
+        self.max_batch_size = int(max_batch_size)
+        if not 0.0 < float(score_top_fraction) <= 1.0:
+            raise ValueError(f"score_top_fraction must be in (0, 1], got {score_top_fraction}.")
+        self.score_top_fraction = float(score_top_fraction)
+        for name in evaluator_outputs:
+            look_up_option(name, ("anomaly_map", "pseudo_healthy"))
+        self.evaluator_outputs = tuple(evaluator_outputs)
+
+    # ------------------------------------------------------------------ validation helpers
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.num_train_timesteps)
+
+    def _check_level(self, level: int, name: str = "noise_level") -> int:
+        if isinstance(level, bool) or not float(level).is_integer():
+            raise ValueError(f"{name} must be an integer, got {level!r}.")
+        level = int(level)
+        if not 1 <= level <= self.num_train_timesteps - 1:
+            raise ValueError(
+                f"{name}={level} is outside [1, {self.num_train_timesteps - 1}] for a scheduler with "
+                f"T={self.num_train_timesteps} training steps."
+            )
+        return level
+
+    @staticmethod
+    def _check_range(value: Sequence[float], name: str) -> tuple[float, float]:
+        if len(value) != 2 or not all(math.isfinite(float(v)) for v in value) or float(value[0]) >= float(value[1]):
+            raise ValueError(f"{name} must be (low, high) with finite low < high, got {value!r}.")
+        return float(value[0]), float(value[1])
+
+    def validate_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Check shape, finiteness, non-constant content and value range; return the inputs rescaled to [0, 1].
+
+        Raises:
+            TypeError: ``inputs`` is not a tensor.
+            ValueError: wrong number of dimensions, NaN/inf, an empty or constant image, or values outside
+                ``value_range`` when ``out_of_range="error"``.
+        """
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}.")
+        if inputs.ndim not in (4, 5):
+            raise ValueError(
+                f"inputs must be (B, C, H, W) or (B, C, H, W, D), got {inputs.ndim} dimensions {tuple(inputs.shape)}."
+            )
+        if inputs.numel() == 0:
+            raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
+        x = inputs.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("inputs contain NaN or infinite values.")
+        flat = x.flatten(1)
+        constant = (flat.amax(1) - flat.amin(1)) == 0
+        if constant.any():
+            idx = constant.nonzero().flatten().tolist()
+            raise ValueError(f"image(s) {idx} of the batch are constant (empty): there is no content to restore.")
+        lo, hi = self.value_range
+        u = (x - lo) / (hi - lo)
+        tol = 0.05
+        if u.min() < -tol or u.max() > 1 + tol:
+            if self.out_of_range == "error":
+                raise ValueError(
+                    f"inputs span [{x.min().item():.4g}, {x.max().item():.4g}], outside value_range={self.value_range}. "
+                    "Normalise intensities first (e.g. monai.transforms.ScaleIntensityRangePercentiles) or set "
+                    "out_of_range='clip'."
+                )
+        return u.clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ value-range mapping
+    def to_model(self, u: torch.Tensor) -> torch.Tensor:
+        """[0, 1] → the network's range."""
+        lo, hi = self.model_range
+        return u * (hi - lo) + lo
+
+    def from_model(self, y: torch.Tensor) -> torch.Tensor:
+        """The network's range → [0, 1] (not clamped: callers decide)."""
+        lo, hi = self.model_range
+        return (y - lo) / (hi - lo)
+
+    # ------------------------------------------------------------------ diffusion
+    def _timesteps(self, t: int, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.full((batch,), t, device=device, dtype=torch.long)
+
+    def reverse_schedule(self, start: int) -> list[int]:
+        """Timesteps visited by the reverse loop from ``start`` down to 0 (each is one network call)."""
+        return list(range(start, -1, -1))
+
+    @torch.no_grad()
+    def partial_reverse(
+        self,
+        x_model: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        noise: SeededNoise,
+        start: int,
+        initial_noise: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Noise ``x_model`` to level ``start`` and run the reverse process to 0 (``len(reverse_schedule(start))`` calls).
+
+        Args:
+            x_model: clean inputs in the network's range, ``(B, C, H, W)``.
+            diffusion_model: the epsilon-prediction network ``model(x, timesteps=...)``.
+            noise: per-image noise streams for the forward noise (when ``initial_noise`` is None) and every step.
+            start: the noise level L.
+            initial_noise: forward noise ε0 to use; drawn from ``noise`` at ``t = start`` when None.
+            callback: called after each step with ``(t, x0_hat, x_prev)``; returns the state to continue from.
+            progress: show a tqdm bar over the steps.
+
+        Returns:
+            The restored image in the network's range (the final x̂0 posterior mean).
+        """
+        shape = tuple(x_model.shape[1:])
+        eps0 = noise(shape, t=start) if initial_noise is None else initial_noise
+        x_t = self.scheduler.add_noise(x_model, eps0, self._timesteps(start, x_model.shape[0], x_model.device))
+        schedule = self.reverse_schedule(start)
+        bar = tqdm(schedule, desc=type(self).__name__, disable=not progress, leave=False)
+        for i, t in enumerate(bar):
+            prev_t = schedule[i + 1] if i + 1 < len(schedule) else -1
+            model_output = diffusion_model(x_t, timesteps=self._timesteps(t, x_t.shape[0], x_t.device))
+            x0_hat = predict_original(self.scheduler, model_output, t, x_t)
+            step_noise = noise(shape, t=prev_t) if prev_t >= 0 else None
+            x_prev = posterior_step(self.scheduler, x0_hat, x_t, t, prev_t, step_noise)
+            x_t = callback(t, x0_hat, x_prev) if callback is not None else x_prev
+        return x_t
+
+    # ------------------------------------------------------------------ detection
+    def detect_batch(
+        self,
+        u: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        noise: SeededNoise,
+        progress: bool,
+        return_intermediates: bool,
+    ) -> dict[str, Any]:
+        """Method-specific detection on a 2D batch ``u`` in [0, 1]; returns ``anomaly_map`` (B,1,H,W) in [0, 1],
+        ``pseudo_healthy`` (B,C,H,W) in [0, 1] and optional ``intermediates``. Subclasses implement it."""
+        raise NotImplementedError
+
+    def _seeds(self, batch: int, generator: torch.Generator | None) -> list[int]:
+        return torch.randint(_MAX_SEED, (batch,), generator=generator).tolist()
+
+    @torch.no_grad()
+    def detect(
+        self,
+        inputs: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        *,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        return_intermediates: bool = False,
+    ) -> AnomalyOutput:
+        """Restore ``inputs`` to a pseudo-healthy image and compute a voxel-wise anomaly map.
+
+        Args:
+            inputs: ``(B, C, H, W)`` images or ``(B, C, H, W, D)`` volumes (processed slice-wise along the last
+                axis, in batches of ``max_batch_size`` slices) in ``value_range``.
+            diffusion_model: the trained 2D network (eval mode is the caller's choice; gradients are off).
+            mask: optional foreground mask ``(B, 1, *spatial)``; the map is zeroed outside it and the score
+                computed inside it.
+            generator: a CPU ``torch.Generator`` for reproducible results (bit-identical on CPU for a given seed,
+                whatever the batch size); the global RNG is used when None.
+            progress: tqdm progress bar over the reverse steps.
+            return_intermediates: also return per-method intermediate tensors (2D inputs only).
+
+        Returns:
+            :class:`AnomalyOutput` with ``anomaly_map`` ``(B, 1, *spatial)`` in [0, 1], ``pseudo_healthy`` in
+            ``value_range`` and ``score`` ``(B,)``.
+
+        Raises:
+            ValueError: invalid inputs or mask (see :meth:`validate_inputs`).
+        """
+        u = self.validate_inputs(inputs)
+        if mask is not None and (mask.shape[0] != u.shape[0] or mask.shape[2:] != u.shape[2:] or mask.shape[1] != 1):
+            raise ValueError(f"mask must have shape {(u.shape[0], 1, *u.shape[2:])}, got {tuple(mask.shape)}.")
+        seeds = self._seeds(u.shape[0], generator)
+        if u.ndim == 5:
+            if return_intermediates:
+                raise ValueError("return_intermediates is only supported for 2D inputs.")
+            b, c, h, w, d = u.shape
+            slices = u.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
+            # each slice gets its own stream derived from its volume's seed, independent of chunking
+            slice_seeds = [(s + 1_000_003 * k) % _MAX_SEED for s in seeds for k in range(d)]
+            result = self._detect_chunked(slices, diffusion_model, slice_seeds, progress, False)
+            amap = result["anomaly_map"].reshape(b, d, 1, h, w).permute(0, 2, 3, 4, 1)
+            healthy = result["pseudo_healthy"].reshape(b, d, c, h, w).permute(0, 2, 3, 4, 1)
+            intermediates: dict[str, torch.Tensor] = {}
+        else:
+            result = self._detect_chunked(u, diffusion_model, seeds, progress, return_intermediates)
+            amap, healthy, intermediates = result["anomaly_map"], result["pseudo_healthy"], result["intermediates"]
+        if mask is not None:
+            amap = amap * (mask.to(amap.device) > 0)
+        lo, hi = self.value_range
+        return AnomalyOutput(
+            anomaly_map=amap.clamp(0.0, 1.0),
+            pseudo_healthy=healthy * (hi - lo) + lo,
+            score=self.image_score(amap, mask),
+            intermediates=intermediates,
+        )
+
+    def _detect_chunked(
+        self,
+        u: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        seeds: Sequence[int],
+        progress: bool,
+        return_intermediates: bool,
+    ) -> dict[str, Any]:
+        chunks = []
+        starts = range(0, u.shape[0], self.max_batch_size)
+        for start in tqdm(starts, desc="batches", disable=not progress or len(starts) == 1, leave=False):
+            part = u[start : start + self.max_batch_size]
+            noise = SeededNoise(
+                seeds[start : start + part.shape[0]],
+                self.noise_type,
+                part.device,
+                {"normalize": self.simplex_normalize},
+            )
+            chunks.append(self.detect_batch(part, diffusion_model, noise, progress, return_intermediates))
+        merged: dict[str, Any] = {
+            key: torch.cat([c[key] for c in chunks], dim=0) for key in ("anomaly_map", "pseudo_healthy")
+        }
+        inter_keys = chunks[0].get("intermediates", {}).keys()
+        merged["intermediates"] = {
+            k: (chunks[0]["intermediates"][k] if k == "timesteps" else torch.cat([c["intermediates"][k] for c in chunks]))
+            for k in inter_keys
+        }
+        return merged
+
+    def image_score(self, anomaly_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of the top ``score_top_fraction`` of map values per image (inside ``mask`` when given): ``(B,)``."""
+        flat = anomaly_map.flatten(1)
+        if mask is not None:
+            # masked-out pixels must never enter the top fraction
+            flat = torch.where(mask.to(flat.device).flatten(1) > 0, flat, torch.full_like(flat, -1.0))
+            counts = (mask.flatten(1) > 0).sum(1).clamp(min=1)
+        else:
+            counts = torch.full((flat.shape[0],), flat.shape[1], device=flat.device)
+        k = max(1, int(math.ceil(self.score_top_fraction * flat.shape[1])))
+        top = flat.topk(k, dim=1).values.clamp(min=0.0)
+        ks = torch.clamp(torch.ceil(self.score_top_fraction * counts.float()).long(), 1, k).to(flat.device)
+        keep = torch.arange(k, device=flat.device)[None, :] < ks[:, None]
+        return (top * keep).sum(1) / ks
+
+    # ------------------------------------------------------------------ MONAI call protocol
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Training forward (parent behaviour) when ``noise`` and ``timesteps`` are given; detection otherwise.
+
+        Returns:
+            The parent's network prediction, or the ``evaluator_outputs`` of :meth:`detect` stacked on dim 1.
+        """
+        if noise is not None or timesteps is not None:
+            if noise is None or timesteps is None:
+                raise ValueError("The training call needs both noise and timesteps.")
+            return super().__call__(inputs, diffusion_model, noise, timesteps, *args, **kwargs)
+        out = self.detect(inputs, diffusion_model, **kwargs)
+        return torch.cat([out[name] for name in self.evaluator_outputs], dim=1)

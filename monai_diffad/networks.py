@@ -1,0 +1,215 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Network and scheduler factories, and safe checkpoint loading.
+
+One trained DDPM serves the DDPM, AnoDDPM, THOR and AutoDDPM methods, so the architecture is defined once here
+and referenced from every bundle (``network_def``) and from the training code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+
+__all__ = [
+    "PAPER_UNET",
+    "DEMO_UNET",
+    "diffusion_unet",
+    "ddpm_scheduler",
+    "load_state_dict_safely",
+    "convert_legacy_unet_state_dict",
+    "load_diffusion_unet",
+]
+
+#: THOR / AutoDDPM reference network (18.04 M parameters at 128x128; algorithms.md "Shared diffusion setup").
+PAPER_UNET: dict[str, Any] = {
+    "channels": [128, 256, 256],
+    "attention_levels": [False, True, True],
+    "num_res_blocks": 1,
+    "num_head_channels": 256,
+}
+
+#: Small network that trains on 2 CPU cores at 64x64 (the shipped demo weights).
+DEMO_UNET: dict[str, Any] = {
+    "channels": [32, 64, 64],
+    "attention_levels": [False, False, True],
+    "num_res_blocks": 1,
+    "num_head_channels": 64,
+}
+
+
+def diffusion_unet(
+    channels: Sequence[int] = DEMO_UNET["channels"],
+    attention_levels: Sequence[bool] = DEMO_UNET["attention_levels"],
+    num_res_blocks: int = DEMO_UNET["num_res_blocks"],
+    num_head_channels: int = DEMO_UNET["num_head_channels"],
+    in_channels: int = 1,
+    out_channels: int = 1,
+    norm_num_groups: int = 32,
+) -> DiffusionModelUNet:
+    """Build the 2D epsilon-prediction UNet used by every DDPM-based method.
+
+    ``include_fc=False`` and ``use_combined_linear=False`` make MONAI core's UNet compute the same forward pass as
+    the monai-generative network the reference code trained (its attention output projection was never applied).
+
+    Args:
+        channels: feature channels per level.
+        attention_levels: whether each level uses self-attention.
+        num_res_blocks: residual blocks per level.
+        num_head_channels: channels per attention head.
+        in_channels: image channels (1 for MRI slices).
+        out_channels: predicted noise channels.
+        norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
+
+    Returns:
+        A ``DiffusionModelUNet`` taking ``(B, in_channels, H, W)`` and timesteps ``(B,)``.
+
+    Raises:
+        ValueError: when ``channels`` and ``attention_levels`` differ in length or the groups do not divide.
+    """
+    if len(channels) != len(attention_levels):
+        raise ValueError(f"channels ({len(channels)}) and attention_levels ({len(attention_levels)}) differ in length.")
+    if any(c % norm_num_groups for c in channels):
+        raise ValueError(f"norm_num_groups={norm_num_groups} must divide every channel count in {list(channels)}.")
+    return DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        attention_levels=tuple(attention_levels),
+        num_res_blocks=num_res_blocks,
+        num_head_channels=num_head_channels,
+        norm_num_groups=norm_num_groups,
+        include_fc=False,
+        use_combined_linear=False,
+    )
+
+
+def ddpm_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) -> DDPMScheduler:
+    """The papers' schedule: T=1000, linear beta 1e-4 to 2e-2, epsilon prediction, x0 clipped to [-1, 1]."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        schedule="linear_beta",
+        beta_start=1e-4,
+        beta_end=2e-2,
+        prediction_type="epsilon",
+        clip_sample=clip_sample,
+    )
+
+
+def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing code from it.
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
+    which refuses pickled objects other than tensors and plain containers.
+
+    Args:
+        path: checkpoint file.
+        key: optional entry holding the state dict (e.g. ``"model"`` or ``"state_dict"``); when ``None`` the
+            common wrappers ``model``/``state_dict``/``network`` are unwrapped automatically.
+
+    Returns:
+        A ``{name: tensor}`` mapping.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message says which file).
+        ValueError: the file is not a safe checkpoint, or ``key`` is missing.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Checkpoint not found: '{path}'. Train one with 'python -m monai.bundle run --config_file "
+            "bundles/ddpm/train.json' or pass the path of an existing checkpoint."
+        )
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types; all mean "not a safe checkpoint"
+            raise ValueError(
+                f"Refused to load '{path}': it is not a weights-only checkpoint ({type(e).__name__}: {e}). "
+                "Only tensors and plain containers are accepted; re-save the state_dict with torch.save."
+            ) from e
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise ValueError(f"Checkpoint '{path}' has no entry '{key}'.")
+        obj = obj[key]
+    else:
+        while isinstance(obj, Mapping) and len(obj) > 0 and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            wrapper = next((k for k in ("model", "state_dict", "network") if k in obj), None)
+            if wrapper is None:
+                break
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"Checkpoint '{path}' does not hold a state dict of tensors.")
+    return dict(obj)
+
+
+def _is_legacy_unet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """monai-generative UNets name attention projections ``to_q``/``to_k``/``to_v``; MONAI core uses ``attn.*``."""
+    return any(".to_q." in k or ".to_k." in k or ".to_v." in k for k in state_dict)
+
+
+def convert_legacy_unet_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: DiffusionModelUNet
+) -> dict[str, torch.Tensor]:
+    """Convert a monai-generative ``DiffusionModelUNet`` state dict (or a THOR/AutoDDPM reference checkpoint) to MONAI core.
+
+    Reference checkpoints prefix keys with ``unet.`` and carry LPIPS weights (``l_pips_sq.*``); both are removed
+    before MONAI's own ``DiffusionModelUNet.load_old_state_dict`` key mapping is applied.
+
+    Args:
+        state_dict: the old checkpoint's tensors.
+        model: a MONAI core network of the matching architecture; it receives the converted weights.
+
+    Returns:
+        The converted state dict (also loaded into ``model``).
+    """
+    cleaned = {
+        (k[len("unet.") :] if k.startswith("unet.") else k): v
+        for k, v in state_dict.items()
+        if not k.startswith("l_pips_sq.")
+    }
+    model.load_old_state_dict(cleaned)
+    return model.state_dict()
+
+
+def load_diffusion_unet(
+    path: str | os.PathLike, model: DiffusionModelUNet | None = None, strict: bool = True, **unet_kwargs: Any
+) -> DiffusionModelUNet:
+    """Load weights (new MONAI core or old monai-generative format) into a ``DiffusionModelUNet``.
+
+    Args:
+        path: ``.pt``/``.pth``/``.safetensors`` checkpoint.
+        model: network to fill; built with :func:`diffusion_unet` (``unet_kwargs``) when ``None``.
+        strict: require an exact key match.
+        unet_kwargs: architecture options for :func:`diffusion_unet`.
+
+    Returns:
+        The network in eval mode.
+
+    Raises:
+        ValueError: when the checkpoint does not match the architecture (the message lists a few differing keys).
+    """
+    model = diffusion_unet(**unet_kwargs) if model is None else model
+    state = load_state_dict_safely(path)
+    try:
+        if _is_legacy_unet_state_dict(state) or any(k.startswith("unet.") for k in state):
+            convert_legacy_unet_state_dict(state, model)
+        else:
+            model.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, AssertionError) as e:
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5]
+        raise ValueError(
+            f"Checkpoint '{os.fspath(path)}' does not match the network architecture "
+            f"(missing e.g. {missing}, unexpected e.g. {unexpected}): {str(e).splitlines()[0]}"
+        ) from e
+    return model.eval()
