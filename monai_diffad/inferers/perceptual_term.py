@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from monai.utils import look_up_option
 
-from monai_diffad.maps import PerceptualDistance, gaussian_smooth
+from monai_diffad.maps import PerceptualDistance, gaussian_smooth, structural_dissimilarity_map
 
 __all__ = ["PerceptualTerm"]
 
@@ -32,16 +32,21 @@ class PerceptualTerm:
         self.sigma = float(sigma)
         self._module: PerceptualDistance | None = None
 
-    def module(self, device: torch.device) -> PerceptualDistance:
+    @property
+    def description(self) -> str:
+        """What the term actually is (``"lpips-squeeze"``, ``"ssim"``), for reports; builds the module if needed."""
+        return "ssim" if self.kind == "ssim" else self._lpips(torch.device("cpu")).kind
+
+    def _lpips(self, device: torch.device) -> PerceptualDistance:
         if self._module is None:
-            self._module = PerceptualDistance(
-                net=self.net, backbone_path=self.backbone_path, use_lpips=self.kind == "lpips"
-            )
+            self._module = PerceptualDistance(net=self.net, backbone_path=self.backbone_path, fallback="ssim")
         return self._module.to(device)
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-pixel perceptual distance ``(B, 1, H, W)`` between images in [0, 1]."""
-        return self.module(x.device)(x, y)
+        if self.kind == "ssim":
+            return structural_dissimilarity_map(x, y)
+        return self._lpips(x.device)(x, y)
 
     def smoothed(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``clip(G_σ * P(x, y), 0, 1)``, the weighting THOR applies to the residual."""

@@ -31,6 +31,7 @@ from monai_diffad.maps.ssim import structural_dissimilarity_map
 __all__ = [
     "BACKBONE_FILES",
     "PERCEPTUAL_FALLBACKS",
+    "PERCEPTUAL_NETS",
     "PerceptualDistance",
     "PerceptualFallbackWarning",
     "default_backbone_path",
@@ -45,6 +46,7 @@ BACKBONE_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
 }
+PERCEPTUAL_NETS = tuple(BACKBONE_FILES)
 PERCEPTUAL_FALLBACKS = ("ssim", "multiscale_ssim", "error")
 _MULTISCALE_LEVELS = 3
 # nets for which the missing-backbone warning was already shown in this process
@@ -64,7 +66,7 @@ def default_backbone_path(net: str) -> str:
     Returns:
         ``torch.hub.get_dir()/checkpoints/<file>``, which follows ``$TORCH_HOME``.
     """
-    return os.path.join(torch.hub.get_dir(), "checkpoints", BACKBONE_FILES[look_up_option(net, BACKBONE_FILES)])
+    return os.path.join(torch.hub.get_dir(), "checkpoints", BACKBONE_FILES[look_up_option(net, PERCEPTUAL_NETS)])
 
 
 def resolve_backbone_path(net: str, backbone_path: str | os.PathLike | None = None) -> str | None:
@@ -173,7 +175,7 @@ class PerceptualDistance(torch.nn.Module):
         slice_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.net_name = look_up_option(net, BACKBONE_FILES)
+        self.net_name = look_up_option(net, PERCEPTUAL_NETS)
         self.fallback = look_up_option(fallback, PERCEPTUAL_FALLBACKS)
         low, high = (float(v) for v in input_range)
         if not high > low:
@@ -244,16 +246,14 @@ class PerceptualDistance(torch.nn.Module):
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         u = (x.to(compute_dtype) - low) / (high - low)
         v = (y.to(compute_dtype) - low) / (high - low)
-        if x.ndim == 5:
-            result = self._volume_map(u, v)
-        else:
-            result = self._slice_map(u, v)
-        if not self.spatial:
-            result = result.mean(dim=tuple(range(2, result.ndim)), keepdim=True)
+        result = self._volume_map(u, v) if x.ndim == 5 else self._slice_map(u, v)
         return result.to(x.dtype)
 
     def _volume_map(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W, D) -> (B, 1, H, W, D), 2D slices along the last axis, in chunks."""
+        """(B, C, H, W, D) -> (B, 1, H, W, D) from 2D slices along the last axis, in chunks.
+
+        Non-spatial: the mean of the per-slice values, (B, 1, 1, 1, 1).
+        """
         batch, channels, height, width, depth = u.shape
 
         def to_slices(t: torch.Tensor) -> torch.Tensor:
@@ -261,31 +261,25 @@ class PerceptualDistance(torch.nn.Module):
 
         u_slices, v_slices = to_slices(u), to_slices(v)
         chunk = self.slice_batch_size or u_slices.shape[0]
-        maps = [
-            self._slice_map(u_slices[i : i + chunk], v_slices[i : i + chunk], spatial=True)
-            for i in range(0, u_slices.shape[0], chunk)
-        ]
-        return torch.cat(maps).reshape(batch, depth, 1, height, width).permute(0, 2, 3, 4, 1)
+        maps = torch.cat(
+            [self._slice_map(u_slices[i : i + chunk], v_slices[i : i + chunk]) for i in range(0, u_slices.shape[0], chunk)]
+        )
+        volume = maps.reshape(batch, depth, 1, *maps.shape[2:]).permute(0, 2, 3, 4, 1)
+        return volume if self.spatial else volume.mean(dim=-1, keepdim=True)
 
-    def _slice_map(self, u: torch.Tensor, v: torch.Tensor, spatial: bool | None = None) -> torch.Tensor:
-        """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) map, or (N, 1, 1, 1) for non-spatial LPIPS."""
+    def _slice_map(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) map, or (N, 1, 1, 1) when not spatial."""
         if self.lpips_model is None:
             scales = _MULTISCALE_LEVELS if self.fallback == "multiscale_ssim" else 1
-            return structural_dissimilarity_map(u, v, scales=scales)
-        model = self.lpips_model
-        if model.scaling_layer.shift.device != u.device:
+            result = structural_dissimilarity_map(u, v, scales=scales)
+            return result if self.spatial else result.mean(dim=(2, 3), keepdim=True)
+        if self.lpips_model.scaling_layer.shift.device != u.device:
             self.to(u.device)
         u, v = u.float().expand(-1, 3, -1, -1), v.float().expand(-1, 3, -1, -1)
         if self.reference_double_mapping:
             u, v = 2.0 * u - 1.0, 2.0 * v - 1.0
-        if spatial or (spatial is None and self.spatial):
-            return model(u, v, normalize=True)
-        return _lpips_spatial_off(model, u, v)
-
-
-def _lpips_spatial_off(model: lpips.LPIPS, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Image-level LPIPS from a model built with ``spatial=False``."""
-    return model(u, v, normalize=True)
+        # lpips was built with spatial=self.spatial: upsampled per-pixel map or its per-layer means
+        return self.lpips_model(u, v, normalize=True)
 
 
 def perceptual_anomaly_map(

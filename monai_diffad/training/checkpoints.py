@@ -9,7 +9,7 @@ import re
 
 __all__ = ["latest_checkpoint", "resume_seed"]
 
-_ITERATION = re.compile(r"=(\d+)\.pt$")
+_ITERATION = re.compile(r"(\d+)\.pt$")
 
 
 def _iteration_of(path: str) -> int:
