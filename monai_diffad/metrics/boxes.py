@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from monai_diffad.metrics.pooled import RunningSumMetric, _as_unit_maps, as_tensor, check_binary
+from monai_diffad.metrics.pooled import RunningSumMetric, as_unit_maps, as_tensor, check_binary
 
 __all__ = ["BoxDetectionMetric"]
 
@@ -82,23 +82,24 @@ class BoxDetectionMetric(RunningSumMetric):
         else:
             self.thresholds = torch.tensor([threshold], dtype=torch.float64)
 
-    def _surviving_sums(self, maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Per image and threshold, the sum of ``weights`` over pixels with ``map > threshold``: (B, K)."""
+    def _threshold_bins(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the number of thresholds strictly below its value: it survives thresholds k < bin."""
         thresholds = self.thresholds.to(device=maps.device, dtype=maps.dtype)
-        n_bins = thresholds.numel() + 1
-        # bin = number of thresholds strictly below the value, so the pixel survives thresholds k < bin
-        bins = torch.searchsorted(thresholds, maps.contiguous(), right=False)
-        offsets = torch.arange(maps.shape[0], device=maps.device).unsqueeze(1) * n_bins
-        per_bin = torch.bincount((bins + offsets).reshape(-1), weights.reshape(-1), minlength=maps.shape[0] * n_bins)
-        per_bin = per_bin.reshape(maps.shape[0], n_bins)
-        return per_bin.flip(-1).cumsum(dim=-1).flip(-1)[:, 1:]
+        return torch.searchsorted(thresholds, maps.contiguous(), right=False)
+
+    def _surviving_sums(self, bins: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Per image and threshold, the sum of ``weights`` over the surviving pixels: (B, K) float64."""
+        batch, n_bins = bins.shape[0], self.thresholds.numel() + 1
+        offsets = torch.arange(batch, device=bins.device).unsqueeze(1) * n_bins
+        per_bin = torch.bincount((bins + offsets).reshape(-1), weights.reshape(-1).double(), minlength=batch * n_bins)
+        return per_bin.reshape(batch, n_bins).flip(-1).cumsum(dim=-1).flip(-1)[:, 1:]
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         if y is None:
             raise ValueError("BoxDetectionMetric needs the box raster y.")
-        maps = _as_unit_maps(y_pred, "y_pred")
+        maps = as_unit_maps(y_pred, "y_pred")
         if maps.ndim < 3:
             raise ValueError(f"y_pred must be batch-first (B, C, H, W[, D]), got {tuple(maps.shape)}.")
         boxes = check_binary(as_tensor(y, "y"), "y").to(maps.device)
@@ -107,25 +108,28 @@ class BoxDetectionMetric(RunningSumMetric):
         if mask is None:
             neg = ~boxes
         else:
-            neg = torch.broadcast_to(check_binary(as_tensor(mask, "mask"), "mask").to(maps.device), maps.shape)
+            neg = check_binary(as_tensor(mask, "mask"), "mask").to(maps.device)
+            try:
+                neg = torch.broadcast_to(neg, maps.shape)
+            except RuntimeError as e:
+                raise ValueError(f"mask of shape {tuple(neg.shape)} cannot be broadcast to {tuple(maps.shape)}.") from e
         batch = maps.shape[0]
-        maps, boxes, neg = maps.reshape(batch, -1).double(), boxes.reshape(batch, -1), neg.reshape(batch, -1)
+        maps, boxes, neg = maps.reshape(batch, -1), boxes.reshape(batch, -1), neg.reshape(batch, -1)
         box_area = boxes.sum(dim=1, keepdim=True).double()
-        healthy = box_area.squeeze(1) == 0
         neg_area = neg.sum(dim=1, keepdim=True).double()
+        healthy = box_area.squeeze(1) == 0
         if bool((healthy & (neg_area.squeeze(1) == 0)).any()):
             raise ValueError("a healthy image has an empty mask: its surviving share is undefined.")
 
-        surviving_share = self._surviving_sums(maps, neg.double()) / neg_area.clamp(min=1)
-        true_positive = (self._surviving_sums(maps, boxes.double()) > self.min_box_fraction * box_area).double()
-        box_signal = self._surviving_sums(maps, maps * boxes)
-        neg_signal = self._surviving_sums(maps, maps * neg)
+        bins = self._threshold_bins(maps)
+        surviving_share = self._surviving_sums(bins, neg) / neg_area.clamp(min=1)
+        true_positive = (self._surviving_sums(bins, boxes) > self.min_box_fraction * box_area).double()
+        box_signal = self._surviving_sums(bins, maps * boxes)
+        neg_signal = self._surviving_sums(bins, maps * neg)
         false_positive = torch.floor(neg_signal / box_signal.clamp(min=1)).clamp(max=self.max_false_positives)
         precision = true_positive / (true_positive + false_positive).clamp(min=1)
-        f1_denominator = precision + true_positive
-        f1 = torch.where(
-            f1_denominator > 0, 2 * precision * true_positive / f1_denominator.clamp(min=1e-12), torch.zeros_like(precision)
-        )
+        # TP is 0 or 1, so F1 = 2 P TP / (P + TP) is 2 P / (P + 1) for a hit and 0 otherwise
+        f1 = true_positive * 2 * precision / (precision + 1)
 
         is_box = (~healthy).double().unsqueeze(1)
         sums = torch.stack(

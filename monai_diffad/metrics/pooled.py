@@ -25,6 +25,7 @@ from monai.metrics import CumulativeIterationMetric
 __all__ = [
     "as_tensor",
     "check_binary",
+    "as_unit_maps",
     "pool_pixels",
     "uniform_bin_edges",
     "histogram_counts",
@@ -68,8 +69,17 @@ def check_binary(data: torch.Tensor, name: str) -> torch.Tensor:
     return data != 0
 
 
-def _as_unit_maps(maps: torch.Tensor | np.ndarray, name: str = "maps") -> torch.Tensor:
-    """Floating maps in [0, 1]: non-float or half-precision input becomes float32; other values raise."""
+def as_unit_maps(maps: torch.Tensor | np.ndarray, name: str = "maps") -> torch.Tensor:
+    """Return ``maps`` as a float32/float64 tensor after checking that its values are finite and in [0, 1].
+
+    Args:
+        maps: tensor or numpy array of any shape; float32 and float64 are kept, other dtypes become float32.
+        name: name used in error messages.
+
+    Raises:
+        TypeError: when ``maps`` is neither a tensor nor a numpy array.
+        ValueError: for NaN/inf or values outside [0, 1].
+    """
     maps = as_tensor(maps, name)
     if maps.dtype not in (torch.float32, torch.float64):
         maps = maps.float()
@@ -106,7 +116,7 @@ def pool_pixels(
         ValueError: for NaN/inf or values outside [0, 1] in ``maps``, non-binary ``labels`` or
             ``mask``, or mismatched shapes.
     """
-    maps = _as_unit_maps(maps)
+    maps = as_unit_maps(maps)
     positives = check_binary(as_tensor(labels, "labels"), "labels").to(maps.device)
     if positives.shape != maps.shape:
         raise ValueError(

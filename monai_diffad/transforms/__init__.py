@@ -1,0 +1,18 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""MONAI array and dictionary transform pairs."""
+
+from __future__ import annotations
+
+from monai_diffad.transforms.intensity import ForegroundPercentileScale, ForegroundPercentileScaled
+from monai_diffad.transforms.labels import ANOMALY_LABELS, AnomalyMapToLabel, AnomalyMapToLabeld
+from monai_diffad.transforms.spatial import InPlaneResize, InPlaneResized
+
+__all__ = [
+    "ANOMALY_LABELS",
+    "AnomalyMapToLabel",
+    "AnomalyMapToLabeld",
+    "ForegroundPercentileScale",
+    "ForegroundPercentileScaled",
+    "InPlaneResize",
+    "InPlaneResized",
+]
