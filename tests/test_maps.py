@@ -233,7 +233,8 @@ def test_ssim_map_matches_skimage_2d_and_3d():
         x = _rand(shape, 0)
         y = (x + 0.3 * _rand(shape, 1)).clamp(0, 1)
         _, expected = structural_similarity(
-            x.numpy(), y.numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True
+            x.numpy(), y.numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+            full=True,
         )
         np.testing.assert_allclose(ssim_map(x[None, None], y[None, None])[0, 0].numpy(), expected, atol=1e-10)
 

@@ -9,8 +9,12 @@ Its numbers are not comparable to BraTS/ATLAS results. Everything is determinist
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 from monai.transforms import (
     Compose,
@@ -21,11 +25,26 @@ from monai.transforms import (
     RandAffined,
     RandBiasFieldd,
     RandGibbsNoised,
+    Resize,
     ScaleIntensityRanged,
 )
+from scipy.ndimage import distance_transform_edt
 
-from monai_diffad.data.slices import extract_axial_slices, halve_resolution
+from monai_diffad.data.slices import (
+    brain_centroid_xy,
+    crop_or_pad_2d,
+    extract_axial_slices,
+    halve_resolution,
+    select_axial_slices,
+)
 from monai_diffad.data.sources import TRAIN_SOURCES, load_source_volume
+from monai_diffad.transforms.lesions import (
+    LESION_SIZE_CLASSES,
+    LESION_TYPES,
+    SIZE_CLASS_NAMES,
+    RandSyntheticLesion,
+    paint_tumour_like,
+)
 
 __all__ = [
     "SUPPORTED_RESOLUTIONS",
@@ -35,6 +54,13 @@ __all__ = [
     "training_set_path",
     "ensure_training_set",
     "training_augmentation",
+    "DEV_SOURCE",
+    "SYNTHETIC_NOTE",
+    "save_nifti_slice",
+    "dev_set_arrays",
+    "at_resolution",
+    "build_dev_set",
+    "build_demo_data",
 ]
 
 SUPPORTED_RESOLUTIONS = (64, 128)
@@ -155,3 +181,254 @@ def training_augmentation(resolution: int = 64, keys: tuple[str, str] = ("image"
             ScaleIntensityRanged(image_key, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Development evaluation set (data.md Recipe 2) and demo data
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Lesion slices per (lesion type, size class) and lesion-free slices of the development set.
+DEV_LESIONS_PER_CELL = 25
+DEV_LESION_FREE = 50
+DEV_SOURCE = "colin27"
+SYNTHETIC_NOTE = (
+    "Synthetic benchmark built from real anatomy (Colin27, held out from training) with painted stroke-like and "
+    "tumour-like lesions and exact masks; not a clinical data set, not comparable to BraTS/ATLAS results."
+)
+
+
+def _pixel_spacing(resolution: int) -> float:
+    """mm per pixel: a 192 mm field of view over ``resolution`` pixels."""
+    return 192.0 / resolution
+
+
+def save_nifti_slice(array: np.ndarray, path: str, spacing: float | Sequence[float], dtype: type = np.float32) -> None:
+    """Save a 2D ``[x, y]`` (or 3D ``[x, y, z]``) RAS array as NIfTI with the given voxel spacing in mm."""
+    spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]  # type: ignore[arg-type]
+    affine = np.diag([*spacing[:3], 1.0])
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), path)
+
+
+def dev_set_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """Generate the development set at 128 x 128: 150 lesion slices and 50 lesion-free slices of Colin27.
+
+    Per size class, 25 stroke-like and 25 tumour-like lesions, one per slice; the base slices of the lesion slices
+    cycle through two random permutations of the 103 Colin27 slices; the 50 lesion-free slices are distinct base
+    slices. Item ``i``'s lesion is drawn with the seed ``seed * 100003 + i``, so items do not depend on each other.
+
+    Args:
+        seed: the set's seed (the published set uses 0).
+
+    Returns:
+        ``images`` (200, 128, 128) float32 [0, 1]; ``masks`` (200, 128, 128) uint8 lesion masks; ``brain_masks``
+        uint8; ``size_class`` (200,) int (0 none, 1 small, 2 medium, 3 large); ``lesion_type`` (200,) str
+        (``stroke``/``tumour``/``none``); ``z`` (200,) Colin27 slice index; ``split`` (200,) str (``test`` for the
+        lesion slices first, then ``validation`` for the lesion-free ones).
+    """
+    base = slices_at_resolution(DEV_SOURCE, 128)
+    n_base = len(base["z"])
+    rng = np.random.RandomState(seed)
+    cells = [(t, c) for c in LESION_SIZE_CLASSES for t in LESION_TYPES for _ in range(DEV_LESIONS_PER_CELL)]
+    cells = [cells[i] for i in rng.permutation(len(cells))]
+    lesion_bases = np.concatenate([rng.permutation(n_base) for _ in range(-(-len(cells) // n_base))])[: len(cells)]
+    free_bases = np.sort(rng.choice(n_base, DEV_LESION_FREE, replace=False))
+    images, masks, classes, types, bases = [], [], [], [], []
+    for i, ((lesion_type, size_class), b) in enumerate(zip(cells, lesion_bases)):
+        painter = RandSyntheticLesion(lesion_type, size_class)
+        painter.set_random_state(seed * 100003 + i)
+        image, label = painter(base["images"][b][None], base["masks"][b][None])
+        images.append(image[0])
+        masks.append(label[0])
+        classes.append(size_class)
+        types.append(lesion_type)
+        bases.append(b)
+    for b in free_bases:
+        images.append(base["images"][b])
+        masks.append(np.zeros_like(base["masks"][b], dtype=np.uint8))
+        classes.append(0)
+        types.append("none")
+        bases.append(b)
+    bases_arr = np.asarray(bases)
+    return {
+        "images": np.stack(images).astype(np.float32),
+        "masks": np.stack(masks).astype(np.uint8),
+        "brain_masks": base["masks"][bases_arr].astype(np.uint8),
+        "size_class": np.asarray(classes, dtype=np.int64),
+        "lesion_type": np.asarray(types),
+        "z": base["z"][bases_arr],
+        "split": np.asarray(["test"] * len(cells) + ["validation"] * DEV_LESION_FREE),
+    }
+
+
+def at_resolution(arrays: dict[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
+    """The 64 x 64 variant of a 128 x 128 set (2 x 2 pooling; masks kept at >= 0.5; size classes from 128)."""
+    if _check_resolution(resolution) == 128:
+        return dict(arrays)
+    out = dict(arrays)
+    out["images"], lesion = halve_resolution(arrays["images"], arrays["masks"])
+    _, brain = halve_resolution(arrays["images"], arrays["brain_masks"])
+    out["masks"], out["brain_masks"] = lesion.astype(np.uint8), brain.astype(np.uint8)  # type: ignore[union-attr]
+    return out
+
+
+def _write_items(arrays: dict[str, np.ndarray], root: str, folder: str, resolution: int) -> list[dict[str, Any]]:
+    """Write each slice's image/label/brain mask as NIfTI under ``root/folder`` and return datalist items (relative)."""
+    spacing = _pixel_spacing(resolution)
+    items = []
+    for i in range(len(arrays["images"])):
+        name = f"colin27_z{int(arrays['z'][i]):03d}_{i:03d}_{arrays['lesion_type'][i]}"
+        item: dict[str, Any] = {}
+        for key, array_key, dtype in (
+            ("image", "images", np.float32),
+            ("label", "masks", np.uint8),
+            ("brain_mask", "brain_masks", np.uint8),
+        ):
+            rel = os.path.join(folder, key + "s" if key != "brain_mask" else "brain_masks", f"{name}.nii.gz")
+            save_nifti_slice(arrays[array_key][i], os.path.join(root, rel), spacing, dtype)
+            item[key] = rel
+        item["size_class"] = int(arrays["size_class"][i])
+        item["lesion_type"] = str(arrays["lesion_type"][i])
+        items.append(item)
+    return items
+
+
+def _write_training_items(dataset_dir: str, resolution: int) -> list[dict[str, Any]]:
+    """NIfTI copies of the healthy training slices, for the datalist's ``training`` list."""
+    data = np.load(ensure_training_set(dataset_dir, resolution))
+    spacing = _pixel_spacing(resolution)
+    items = []
+    for i in range(len(data["images"])):
+        name = f"{data['source'][i]}_z{int(data['z'][i]):03d}"
+        item: dict[str, Any] = {}
+        for key, array_key, dtype in (("image", "images", np.float32), ("brain_mask", "masks", np.uint8)):
+            rel = os.path.join(f"train_{resolution}", key + "s" if key == "image" else "brain_masks", f"{name}.nii.gz")
+            save_nifti_slice(data[array_key][i], os.path.join(dataset_dir, rel), spacing, dtype)
+            item[key] = rel
+        item["source"] = str(data["source"][i])
+        item["holdout"] = bool(data["validation"][i])  # held out from training for the validation loss
+        items.append(item)
+    return items
+
+
+def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
+    """Write the development set as NIfTI slices, a decathlon-style datalist and npz exports at 128 and 64.
+
+    Files (``R`` = ``resolution``): ``dev_R/{images,labels,brain_masks}/*.nii.gz``, ``train_R/...`` (the healthy
+    training slices), ``datalist_R.json`` with ``training`` (healthy training slices), ``validation`` (the 50
+    lesion-free Colin27 slices, for threshold calibration and the false-positive rate) and ``test`` (the 150 lesion
+    slices); each dev item has ``image``, ``label``, ``brain_mask``, ``size_class`` and ``lesion_type``. Also
+    ``dev_128.npz`` and ``dev_64.npz`` with ``images``, ``masks``, ``brain_masks``, ``size_class``, ``lesion_type``
+    and ``split``.
+
+    Args:
+        out_dir: output folder.
+        resolution: 64 or 128 for the NIfTI files.
+        seed: generation seed.
+
+    Returns:
+        The datalist path.
+    """
+    resolution = _check_resolution(resolution)
+    arrays128 = dev_set_arrays(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    for r in SUPPORTED_RESOLUTIONS:
+        arrays = at_resolution(arrays128, r)
+        np.savez_compressed(
+            os.path.join(out_dir, f"dev_{r}.npz"),
+            **{k: arrays[k] for k in ("images", "masks", "brain_masks", "size_class", "lesion_type", "split", "z")},
+        )
+    arrays = at_resolution(arrays128, resolution)
+    items = _write_items(arrays, out_dir, f"dev_{resolution}", resolution)
+    split = arrays["split"]
+    datalist = {
+        "name": "monai-diffad synthetic development set",
+        "description": SYNTHETIC_NOTE,
+        "reference": "Colin27 (Holmes et al. 1998) from Debian mricron-data; lesions per data.md Recipe 2",
+        "tensorImageSize": "2D",
+        "modality": {"0": "T1"},
+        "labels": {"0": "background", "1": "lesion"},
+        "size_classes": {str(k): v for k, v in SIZE_CLASS_NAMES.items()},
+        "resolution": resolution,
+        "pixel_spacing_mm": _pixel_spacing(resolution),
+        "seed": seed,
+        "training": _write_training_items(out_dir, resolution),
+        "validation": [it for it, s in zip(items, split) if s == "validation"],
+        "test": [it for it, s in zip(items, split) if s == "test"],
+    }
+    path = os.path.join(out_dir, f"datalist_{resolution}.json")
+    with open(path, "w") as f:
+        json.dump(datalist, f, indent=1)
+    return path
+
+
+def build_demo_data(out_dir: str, seed: int = 0) -> str:
+    """Small demo assets at 128 x 128 (well under 10 MB): four lesion slices and one 3D stack with a lesion.
+
+    The slices are the first development-set items (seed ``seed``) of four (type, size) kinds: small stroke, large
+    stroke, medium tumour, large tumour. The volume stacks 8 Colin27 slices 3 mm apart (voxels 1.5 x 1.5 x 3 mm)
+    around the slice of largest brain area, with a tumour-like ellipsoid painted across its middle 6 slices.
+
+    Args:
+        out_dir: output folder (e.g. ``demo_data``).
+        seed: generation seed.
+
+    Returns:
+        The path of ``datalist.json`` (keys ``test``: the 2D items, ``volumes``: the 3D item; paths relative).
+    """
+    arrays = dev_set_arrays(seed)
+    wanted = [("stroke", 1), ("stroke", 3), ("tumour", 2), ("tumour", 3)]
+    picks = [int(np.nonzero((arrays["lesion_type"] == t) & (arrays["size_class"] == c))[0][0]) for t, c in wanted]
+    chosen = {k: v[picks] for k, v in arrays.items()}
+    items = _write_items(chosen, out_dir, "slices", 128)
+    volume = _demo_volume(seed)
+    spacing = (_pixel_spacing(128), _pixel_spacing(128), 3.0)
+    volume_item: dict[str, Any] = {}
+    for key, dtype in (("image", np.float32), ("label", np.uint8), ("brain_mask", np.uint8)):
+        rel = os.path.join("volumes", f"colin27_stack_{key}.nii.gz")
+        save_nifti_slice(volume[key], os.path.join(out_dir, rel), spacing, dtype)
+        volume_item[key] = rel
+    volume_item["lesion_type"] = "tumour"
+    datalist = {
+        "name": "monai-diffad demo data",
+        "description": SYNTHETIC_NOTE,
+        "resolution": 128,
+        "pixel_spacing_mm": _pixel_spacing(128),
+        "test": items,
+        "volumes": [volume_item],
+    }
+    path = os.path.join(out_dir, "datalist.json")
+    with open(path, "w") as f:
+        json.dump(datalist, f, indent=1)
+    return path
+
+
+def _demo_volume(seed: int, n_slices: int = 8, stride_mm: int = 3) -> dict[str, np.ndarray]:
+    """A ``(128, 128, n_slices)`` Colin27 stack with one tumour-like ellipsoid (radius tapering across slices)."""
+    volume = load_source_volume(DEV_SOURCE)
+    z_all = select_axial_slices(volume["mask"])
+    areas = volume["mask"][..., z_all].sum(axis=(0, 1))
+    z_mid = int(z_all[int(np.argmax(areas))])
+    z = z_mid + stride_mm * (np.arange(n_slices) - n_slices // 2)
+    center = brain_centroid_xy(volume["mask"])
+    img = crop_or_pad_2d(volume["image"][..., z], center)
+    msk = crop_or_pad_2d(volume["mask"][..., z].astype(np.float32), center)
+    img = np.moveaxis(np.asarray(Resize((128, 128), mode="area")(np.moveaxis(img, -1, 0))), 0, -1)
+    brain = np.moveaxis(np.asarray(Resize((128, 128), mode="bilinear")(np.moveaxis(msk, -1, 0))), 0, -1) >= 0.5
+    img = np.clip(img, 0, 1) * brain
+    rng = np.random.RandomState(seed)
+    mid = brain[..., n_slices // 2]
+    inside = np.argwhere(distance_transform_edt(mid) >= 20)
+    lesion_center = inside[rng.randint(len(inside))]
+    label = np.zeros(img.shape, dtype=np.uint8)
+    half_height = (n_slices - 2) / 2  # lesion spans the middle n_slices - 2 slices
+    for k in range(n_slices):
+        offset = k - (n_slices - 1) / 2
+        if abs(offset) >= half_height:
+            continue
+        radius = 12.0 * np.sqrt(1 - (offset / half_height) ** 2)
+        painted, mask = paint_tumour_like(
+            img[..., k], brain[..., k], lesion_center, radius, 1.3, 0.6, 1.12, 2 if radius >= 3 else 0
+        )
+        img[..., k], label[..., k] = painted, mask
+    return {"image": img.astype(np.float32), "label": label, "brain_mask": brain.astype(np.uint8)}

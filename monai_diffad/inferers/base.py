@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDPMScheduler
 from monai.utils import look_up_option
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from monai_diffad.inferers.output import AnomalyOutput
 from monai_diffad.inferers.posterior import posterior_step, predict_original
+from monai_diffad.maps.scoring import top_fraction_mean
 from monai_diffad.noise import NoiseType, make_noise
 
 __all__ = ["DiffusionAnomalyInferer", "SeededNoise", "StepCallback"]
@@ -86,6 +88,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         max_batch_size: images (or volume slices) processed together; bounds memory for large volumes.
         score_top_fraction: the image-level score is the mean of this top fraction of map values.
         evaluator_outputs: fields stacked on the channel axis when called as ``inferer(inputs, model)``.
+        progress: default of :meth:`detect`'s ``progress`` (tqdm bars), e.g. for bundle runs.
 
     Raises:
         TypeError: ``scheduler`` is not a ``DDPMScheduler``.
@@ -107,6 +110,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         max_batch_size: int = 32,
         score_top_fraction: float = 0.01,
         evaluator_outputs: Sequence[str] = ("anomaly_map",),
+        progress: bool = False,
     ) -> None:
         if not isinstance(scheduler, DDPMScheduler):
             raise TypeError(
@@ -128,6 +132,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         for name in evaluator_outputs:
             look_up_option(name, ("anomaly_map", "pseudo_healthy"))
         self.evaluator_outputs = tuple(evaluator_outputs)
+        self.progress = bool(progress)
 
     # ------------------------------------------------------------------ validation helpers
     @property
@@ -167,7 +172,8 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             )
         if inputs.numel() == 0:
             raise ValueError(f"inputs are empty: shape {tuple(inputs.shape)}.")
-        x = inputs.float()
+        # metadata is the caller's business (Invertd restores geometry); slicing batched MetaTensors is fragile
+        x = (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float()
         if not torch.isfinite(x).all():
             raise ValueError("inputs contain NaN or infinite values.")
         flat = x.flatten(1)
@@ -269,7 +275,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         *,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool | None = None,
         return_intermediates: bool = False,
     ) -> AnomalyOutput:
         """Restore ``inputs`` to a pseudo-healthy image and compute a voxel-wise anomaly map.
@@ -282,7 +288,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
                 computed inside it.
             generator: a CPU ``torch.Generator`` for reproducible results (bit-identical on CPU for a given seed,
                 whatever the batch size); the global RNG is used when None.
-            progress: tqdm progress bar over the reverse steps.
+            progress: tqdm progress bar over the reverse steps; ``None`` uses the constructor's ``progress``.
             return_intermediates: also return per-method intermediate tensors (2D inputs only).
 
         Returns:
@@ -293,6 +299,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             ValueError: invalid inputs or mask (see :meth:`validate_inputs`).
         """
         u = self.validate_inputs(inputs)
+        progress = self.progress if progress is None else bool(progress)
         if mask is not None and (mask.shape[0] != u.shape[0] or mask.shape[2:] != u.shape[2:] or mask.shape[1] != 1):
             raise ValueError(f"mask must have shape {(u.shape[0], 1, *u.shape[2:])}, got {tuple(mask.shape)}.")
         seeds = self._seeds(u.shape[0], generator)
@@ -351,18 +358,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
 
     def image_score(self, anomaly_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of the top ``score_top_fraction`` of map values per image (inside ``mask`` when given): ``(B,)``."""
-        flat = anomaly_map.flatten(1)
-        if mask is not None:
-            # masked-out pixels must never enter the top fraction
-            flat = torch.where(mask.to(flat.device).flatten(1) > 0, flat, torch.full_like(flat, -1.0))
-            counts = (mask.flatten(1) > 0).sum(1).clamp(min=1)
-        else:
-            counts = torch.full((flat.shape[0],), flat.shape[1], device=flat.device)
-        k = max(1, int(math.ceil(self.score_top_fraction * flat.shape[1])))
-        top = flat.topk(k, dim=1).values.clamp(min=0.0)
-        ks = torch.clamp(torch.ceil(self.score_top_fraction * counts.float()).long(), 1, k).to(flat.device)
-        keep = torch.arange(k, device=flat.device)[None, :] < ks[:, None]
-        return (top * keep).sum(1) / ks
+        return top_fraction_mean(anomaly_map, self.score_top_fraction, mask)
 
     # ------------------------------------------------------------------ MONAI call protocol
     def __call__(  # type: ignore[override]
@@ -384,4 +380,8 @@ class DiffusionAnomalyInferer(DiffusionInferer):
                 raise ValueError("The training call needs both noise and timesteps.")
             return super().__call__(inputs, diffusion_model, noise, timesteps, *args, **kwargs)
         out = self.detect(inputs, diffusion_model, **kwargs)
-        return torch.cat([out[name] for name in self.evaluator_outputs], dim=1)
+        stacked = torch.cat([out[name] for name in self.evaluator_outputs], dim=1)
+        if isinstance(inputs, MetaTensor):
+            # like MONAI's other inferers, outputs carry the inputs' metadata so Invertd/SaveImaged can use it
+            return MetaTensor(stacked, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        return stacked

@@ -118,7 +118,9 @@ def load_lpips_backbone(model: lpips.LPIPS, path: str | os.PathLike) -> None:
     try:
         model.net.load_state_dict(remapped, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"{os.fspath(path)!r} does not match the '{model.pnet_type}' LPIPS backbone: {error}") from error
+        raise ValueError(
+            f"{os.fspath(path)!r} does not match the '{model.pnet_type}' LPIPS backbone: {error}"
+        ) from error
 
 
 def _build_lpips(net: str, spatial: bool, path: str) -> lpips.LPIPS:
@@ -177,9 +179,9 @@ class PerceptualDistance(torch.nn.Module):
         super().__init__()
         self.net_name = look_up_option(net, PERCEPTUAL_NETS)
         self.fallback = look_up_option(fallback, PERCEPTUAL_FALLBACKS)
-        low, high = (float(v) for v in input_range)
-        if not high > low:
+        if len(input_range) != 2 or not float(input_range[1]) > float(input_range[0]):
             raise ValueError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}.")
+        low, high = float(input_range[0]), float(input_range[1])
         if slice_batch_size is not None and slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be a positive int or None, got {slice_batch_size}.")
         self.input_range = (low, high)
@@ -261,9 +263,8 @@ class PerceptualDistance(torch.nn.Module):
 
         u_slices, v_slices = to_slices(u), to_slices(v)
         chunk = self.slice_batch_size or u_slices.shape[0]
-        maps = torch.cat(
-            [self._slice_map(u_slices[i : i + chunk], v_slices[i : i + chunk]) for i in range(0, u_slices.shape[0], chunk)]
-        )
+        starts = range(0, u_slices.shape[0], chunk)
+        maps = torch.cat([self._slice_map(u_slices[i : i + chunk], v_slices[i : i + chunk]) for i in starts])
         volume = maps.reshape(batch, depth, 1, *maps.shape[2:]).permute(0, 2, 3, 4, 1)
         return volume if self.spatial else volume.mean(dim=-1, keepdim=True)
 

@@ -19,6 +19,7 @@ healthy image its surviving share), so memory is fixed whatever the number of im
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -142,6 +143,24 @@ class BoxDetectionMetric(RunningSumMetric):
         )
         n_images = torch.stack([healthy.sum(), (~healthy).sum()]).double()
         return [sums.unsqueeze(0), n_images.unsqueeze(0)]
+
+    def _compute_list(  # type: ignore[override]
+        self,
+        y_pred: Sequence[torch.Tensor],
+        y: Sequence[torch.Tensor] | None = None,
+        mask: Sequence[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        # each item with its own mask (MONAI's default would hand the whole mask list to every item)
+        masks = [None] * len(y_pred) if mask is None else mask
+        if y is None or not len(y) == len(masks) == len(y_pred):
+            raise ValueError("BoxDetectionMetric needs one box raster (and mask, if any) per prediction.")
+        parts = [
+            self._compute_tensor(
+                as_tensor(p, "y_pred")[None], as_tensor(t, "y")[None], None if m is None else as_tensor(m, "mask")[None]
+            )
+            for p, t, m in zip(y_pred, y, masks)
+        ]
+        return [torch.cat(items) for items in zip(*parts)]
 
     def aggregate(self) -> dict[str, float]:  # type: ignore[override]
         """Recall, precision, F1, threshold and healthy surviving share over all images since the last reset.

@@ -66,7 +66,9 @@ class ReconstructionMetric(CumulativeIterationMetric):
         self.kernel_sigma = kernel_sigma
         self.names: tuple[str, ...] = ("ssim", "mse", "mae") + ((perceptual_name,) if perceptual is not None else ())
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if y is None:
             raise ValueError("ReconstructionMetric needs the original images y.")
         if y_pred.shape != y.shape or y_pred.ndim != self.spatial_dims + 2:

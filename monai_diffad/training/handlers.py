@@ -20,7 +20,8 @@ def loss_of(output: Any) -> float:
     """The scalar training loss from a ``SupervisedTrainer`` output (a dict, or a decollated list of dicts)."""
     if isinstance(output, Sequence) and not isinstance(output, str):
         output = output[0]
-    return float(output["loss"])
+    loss = output["loss"]
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 class EMAHandler:

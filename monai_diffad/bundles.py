@@ -1,0 +1,81 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Helpers that bundle configs call: locating the bundle folder and listing input images."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+__all__ = ["bundle_root", "image_datalist", "IMAGE_SUFFIXES"]
+
+#: file types the ITK and NIfTI readers take; DICOM series are given as folders of ``.dcm`` files.
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def bundle_root(name: str) -> str:
+    """Absolute path of ``bundles/<name>`` so a bundle runs from the repository root or from its own folder.
+
+    Looked up in order: ``$MONAI_DIFFAD_BUNDLES/<name>``, ``./bundles/<name>``, ``.`` when it is that bundle, and the
+    source checkout that holds this package (editable installs).
+
+    Raises:
+        FileNotFoundError: when no candidate holds the bundle's ``metadata.json``.
+    """
+    candidates = []
+    if os.environ.get("MONAI_DIFFAD_BUNDLES"):
+        candidates.append(Path(os.environ["MONAI_DIFFAD_BUNDLES"]) / name)
+    candidates += [Path.cwd() / "bundles" / name, Path.cwd(), Path(__file__).resolve().parents[1] / "bundles" / name]
+    for path in candidates:
+        if (path / "metadata.json").is_file() and path.name == name:
+            return str(path.resolve())
+    raise FileNotFoundError(
+        f"Bundle '{name}' not found (looked in {[str(c) for c in candidates]}); run from the repository root or set "
+        "MONAI_DIFFAD_BUNDLES to the folder holding the bundles, or pass --bundle_root."
+    )
+
+
+def _is_dicom_series(path: str) -> bool:
+    return os.path.isdir(path) and any(f.lower().endswith(".dcm") for f in os.listdir(path))
+
+
+def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "test") -> list[dict[str, str]]:
+    """Items ``{"image": path}`` to run inference on.
+
+    Args:
+        dataset_dir: folder with images (NIfTI, NRRD, MHA/MHD or DICOM-series sub-folders), or with a decathlon-style
+            ``datalist.json``.
+        datalist: explicit datalist JSON; default ``<dataset_dir>/datalist.json`` when it exists.
+        split: the datalist list to use.
+
+    Returns:
+        Items in a stable order; datalist entries keep their other keys (label, brain_mask, ...), with paths made
+        absolute.
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no image.
+        ValueError: the datalist has no ``split`` list.
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"dataset_dir '{dataset_dir}' does not exist.")
+    datalist = datalist or os.path.join(dataset_dir, "datalist.json")
+    if os.path.isfile(datalist):
+        with open(datalist) as f:
+            content = json.load(f)
+        if split not in content:
+            raise ValueError(f"Datalist '{datalist}' has no '{split}' list (has {sorted(content)}).")
+        base = os.path.dirname(os.path.abspath(datalist))
+        return [
+            {k: (os.path.join(base, v) if isinstance(v, str) and not os.path.isabs(v) and k in ("image", "label",
+             "brain_mask") else v) for k, v in item.items()}
+            for item in content[split]
+        ]
+    paths = sorted(
+        p
+        for p in glob.glob(os.path.join(dataset_dir, "*"))
+        if (os.path.isfile(p) and p.lower().endswith(IMAGE_SUFFIXES)) or _is_dicom_series(p)
+    )
+    if not paths:
+        raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)} or DICOM folders) found in '{dataset_dir}'.")
+    return [{"image": p} for p in paths]

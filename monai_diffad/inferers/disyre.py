@@ -1,0 +1,346 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""DISYRE: Diffusion-Inspired SYnthetic REstoration (Naval Marimont et al., ISBI 2024).
+
+A diffusion-like model whose forward process is not Gaussian noise but a growing synthetic anomaly,
+x_t = (1 − α_t·m)·x0 + α_t·m·x_fp (:mod:`monai_diffad.transforms.corruption`). The network P predicts x0 directly
+from (x_t, t). At test time the input itself is treated as a corrupted image and restored step by step (paper
+Algorithm 1); the accumulated restoration residuals are the anomaly map. No noise is involved anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDPMScheduler
+from monai.utils import ensure_tuple_rep, look_up_option
+from tqdm.auto import tqdm
+
+from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.disyre_schedule import (
+    UPDATE_RULES,
+    check_timesteps,
+    corruption_alphas,
+    disyre_scheduler,
+    restoration_timesteps,
+    restoration_update,
+)
+from monai_diffad.networks import diffusion_unet
+from monai_diffad.transforms.corruption import RandForeignPatchCorruption, interpolate_foreign_patch
+
+__all__ = ["DISYREInferer", "DISYRE_DEMO_UNET", "DISYRE_PAPER_UNET", "DISYRE_SCORING", "disyre_unet"]
+
+#: ``"multi_step"``: paper Algorithm 1, the state is updated between calls and AS accumulates |x̂0 − x_t|.
+#: ``"mean_single_step"``: the reference evaluation, x is never updated and AS averages |x − P(x, t)|.
+DISYRE_SCORING = ("multi_step", "mean_single_step")
+
+#: Small x0-prediction network that trains on one CPU core at 64 x 64 (the shipped demo weights).
+DISYRE_DEMO_UNET: dict[str, Any] = {
+    "channels": [32, 64, 64],
+    "attention_levels": [False, False, True],
+    "num_res_blocks": 1,
+    "num_head_channels": 64,
+}
+
+#: The reference network: six levels (32, 64, 96, 128, 256, 256), two residual blocks per level, self-attention at
+#: the fifth level (and, in MONAI's UNet as in diffusers', the middle block); 8 channels per head as diffusers'
+#: ``UNet2DModel`` default. The paper's text places attention "from the 3rd block on": pass ``attention_levels``.
+DISYRE_PAPER_UNET: dict[str, Any] = {
+    "channels": [32, 64, 96, 128, 256, 256],
+    "attention_levels": [False, False, False, False, True, False],
+    "num_res_blocks": 2,
+    "num_head_channels": 8,
+}
+
+_PRESETS = {"demo": DISYRE_DEMO_UNET, "paper": DISYRE_PAPER_UNET}
+
+
+def disyre_unet(size: str = "demo", **overrides: Any) -> DiffusionModelUNet:
+    """The DISYRE network: a timestep-conditioned ``DiffusionModelUNet`` whose output is the x0 prediction.
+
+    Args:
+        size: ``"demo"`` (:data:`DISYRE_DEMO_UNET`) or ``"paper"`` (:data:`DISYRE_PAPER_UNET`).
+        overrides: any option of :func:`monai_diffad.networks.diffusion_unet` (e.g. ``in_channels``, ``channels``).
+
+    Returns:
+        A network ``model(x, timesteps=t)`` mapping ``(B, C, H, W)`` to ``(B, C, H, W)``; H and W must be divisible
+        by 2^(levels − 1) (32 for the paper size).
+
+    Raises:
+        ValueError: unknown ``size``.
+    """
+    preset = dict(look_up_option(size, _PRESETS))
+    preset.update(overrides)
+    return diffusion_unet(**preset)
+
+
+class DISYREInferer(DiffusionAnomalyInferer):
+    """DISYRE anomaly detection and training helpers, as a ``monai.inferers.DiffusionInferer``.
+
+    The parent's calls keep their meaning: ``inferer(inputs, model, noise, timesteps)``, ``sample`` and
+    ``get_likelihood`` are ``DiffusionInferer``'s, run with the DDPM ``scheduler`` given here (by default the table
+    DISYRE's α_t comes from, configured for x0 prediction). DISYRE itself never uses noise; its own methods are:
+
+    - :meth:`corrupt` — the synthetic forward process x_t = (1 − α_t·m)·x0 + α_t·m·x_fp (deterministic);
+    - :meth:`training_loss` — a random corruption of a batch and the MSE between P(x_t, t) and x0;
+    - :meth:`restore` — paper Algorithm 1 (or the reference's single-step scoring) on one 2D batch;
+    - :meth:`detect` (inherited) — validation, value-range mapping, 3D volumes slice-wise, sliding windows for
+      images larger than ``patch_size``, foreground masking and the image score; ``inferer(inputs, model)`` runs it.
+
+    Restoration (``scoring="multi_step"``, paper Algorithm 1) visits t = T, T − s, … > 0 (T = 100, s = 25: four
+    network calls at 100, 75, 50, 25): x̂0 = P(x_t, t); AS += |x̂0 − x_t|; x_t ← update(x̂0, x_t) to the next t (the
+    paper's Q with m = 1, ``update="paper"``, or the reference's cold-diffusion update, ``update="cold"``); the last
+    x̂0 is the pseudo-healthy image. ``scoring="mean_single_step"`` (reference evaluation) keeps x_t = x and
+    averages |x − P(x, t)|. Timesteps follow the paper's convention (t large = strong corruption); the reference's
+    evaluation steps {99, 74, 49, 24} are in its reversed convention and only meaningful for its checkpoints (pass
+    them as ``timesteps`` for such a network). The map is AS divided by the number of calls (so it lies in [0, 1]),
+    averaged over channels, then multiplied by (x > 0) (``foreground_mask``) and by the image's fraction of non-zero
+    pixels (``foreground_weighting``, reference evaluation).
+
+    Args:
+        scheduler: DDPM scheduler for the parent's calls and the α_t table; ``None`` uses
+            :func:`~monai_diffad.inferers.disyre_schedule.disyre_scheduler` (T = 100, β 1e-3 → 0.2).
+        step_size: s, in [1, T] (paper 25).
+        scoring: one of :data:`DISYRE_SCORING`.
+        update: one of ``UPDATE_RULES`` (``"paper"`` or ``"cold"``), for ``"multi_step"``.
+        timesteps: explicit strictly descending timesteps in [0, T] instead of T, T − s, …
+        patch_size: the training patch ``(H, W)``; larger (or differently shaped) images go through
+            ``monai.inferers.sliding_window_inference`` with this window. ``None``: whole images.
+        sw_overlap: window overlap (reference: stride 32 for 128 windows, 0.75).
+        sw_sigma_scale: σ of the Gaussian window weights relative to the window (reference σ = 16 at 128: 0.125).
+        sw_batch_size: windows per network call.
+        foreground_mask: multiply the map by (x > 0) (reference).
+        foreground_weighting: multiply the map by the fraction of non-zero pixels (reference evaluation).
+        value_range: intensity range of the inputs (mapped to [0, 1], where corruption and restoration happen).
+        model_range: range the network was trained on (DISYRE trains on [0, 1]).
+        corruption: the random corruption used by :meth:`training_loss`; built from the α_t table when ``None``.
+        kwargs: other options of :class:`DiffusionAnomalyInferer` (``out_of_range``, ``max_batch_size``, ...).
+
+    Raises:
+        TypeError: ``scheduler`` is not a ``DDPMScheduler``.
+        ValueError: an option is out of range or unknown.
+    """
+
+    def __init__(
+        self,
+        scheduler: DDPMScheduler | None = None,
+        step_size: int = 25,
+        scoring: str = "multi_step",
+        update: str = "paper",
+        timesteps: Sequence[int] | None = None,
+        patch_size: Sequence[int] | int | None = None,
+        sw_overlap: float = 0.75,
+        sw_sigma_scale: float = 0.125,
+        sw_batch_size: int = 8,
+        foreground_mask: bool = True,
+        foreground_weighting: bool = False,
+        value_range: Sequence[float] = (0.0, 1.0),
+        model_range: Sequence[float] = (0.0, 1.0),
+        corruption: RandForeignPatchCorruption | None = None,
+        **kwargs: Any,
+    ) -> None:
+        scheduler = disyre_scheduler() if scheduler is None else scheduler
+        if not isinstance(scheduler, DDPMScheduler):
+            raise TypeError(f"DISYREInferer needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}.")
+        # DISYRE adds no noise: the base's noise level is unused and set to a valid placeholder
+        super().__init__(
+            scheduler,
+            noise_level=int(scheduler.num_train_timesteps) - 1,
+            value_range=value_range,
+            model_range=model_range,
+            **kwargs,
+        )
+        self.alphas = corruption_alphas(scheduler)
+        t_max = self.num_train_timesteps
+        restoration_timesteps(t_max, step_size)  # validates the step size
+        self.step_size = int(step_size)
+        self.scoring = look_up_option(scoring, DISYRE_SCORING)
+        self.update = look_up_option(update, UPDATE_RULES)
+        self.timesteps = None if timesteps is None else check_timesteps(timesteps, t_max)
+        if self.update == "cold" and self.scoring == "multi_step" and 0 in self.restoration_steps()[:-1]:
+            raise ValueError("The cold-diffusion update needs every timestep but the last to be >= 1.")
+        self.patch_size = None if patch_size is None else tuple(int(p) for p in ensure_tuple_rep(patch_size, 2))
+        if self.patch_size is not None and min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be positive, got {patch_size!r}.")
+        if not 0.0 <= float(sw_overlap) < 1.0:
+            raise ValueError(f"sw_overlap must be in [0, 1), got {sw_overlap}.")
+        if float(sw_sigma_scale) <= 0:
+            raise ValueError(f"sw_sigma_scale must be > 0, got {sw_sigma_scale}.")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+        self.sw_overlap, self.sw_sigma_scale, self.sw_batch_size = float(sw_overlap), float(sw_sigma_scale), int(sw_batch_size)
+        self.foreground_mask = bool(foreground_mask)
+        self.foreground_weighting = bool(foreground_weighting)
+        if corruption is not None and len(corruption.alphas) != t_max + 1:
+            raise ValueError(f"corruption has T={corruption.num_steps}, the scheduler T={t_max}.")
+        self.corruption = RandForeignPatchCorruption(alphas=self.alphas) if corruption is None else corruption
+
+    # ------------------------------------------------------------------ schedule
+    def restoration_steps(self) -> list[int]:
+        """Descending timesteps of the network calls (T = 100, s = 25: [100, 75, 50, 25])."""
+        if self.timesteps is not None:
+            return list(self.timesteps)
+        return restoration_timesteps(self.num_train_timesteps, self.step_size)
+
+    def alpha(self, t: int) -> float:
+        """α_t (paper convention: 0 at t = 0, 1 at t = T)."""
+        return float(self.alphas[int(t)])
+
+    # ------------------------------------------------------------------ training
+    def corrupt(
+        self, x0: torch.Tensor, foreign: torch.Tensor, mask: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The synthetic forward process x_t = (1 − α_t·m)·x0 + α_t·m·x_fp, the analogue of ``scheduler.add_noise``.
+
+        Args:
+            x0: ``(B, C, H, W)`` healthy images in [0, 1].
+            foreign: ``(B, C, H, W)`` foreign-patch canvases in [0, 1].
+            mask: ``(B, 1, H, W)`` soft masks in [0, 1].
+            timesteps: ``(B,)`` integer timesteps in [0, T].
+
+        Returns:
+            x_t, ``(B, C, H, W)`` in [0, 1].
+
+        Raises:
+            ValueError: timesteps outside [0, T] or of the wrong length.
+        """
+        t = torch.as_tensor(timesteps).long().reshape(-1)
+        if len(t) != x0.shape[0] or t.min() < 0 or t.max() > self.num_train_timesteps:
+            raise ValueError(f"timesteps must be {x0.shape[0]} integers in [0, {self.num_train_timesteps}].")
+        return interpolate_foreign_patch(x0, foreign, mask, self.alphas.to(x0.device)[t.to(x0.device)])
+
+    def predict_x0(self, model: torch.nn.Module, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """P(x_t, t) for ``x_t`` in [0, 1]: maps to ``model_range``, calls ``model(x, timesteps=...)``, maps back.
+
+        Returns:
+            The unclamped x0 prediction in the [0, 1] scale, ``(B, C, H, W)``.
+        """
+        steps = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
+        return self.from_model(model(self.to_model(x_t), timesteps=steps))
+
+    def training_loss(
+        self,
+        x0: torch.Tensor,
+        model: torch.nn.Module,
+        foreground: torch.Tensor | None = None,
+        corruption: RandForeignPatchCorruption | None = None,
+    ) -> torch.Tensor:
+        """Corrupt a batch at random (foreign patches from batch-mates) and return MSE(P(x_t, t), x0).
+
+        The MSE is taken in the network's range (identical to the [0, 1] loss for the default ``model_range``).
+
+        Args:
+            x0: ``(B, C, H, W)`` healthy images in ``value_range``.
+            model: the x0-prediction network.
+            foreground: optional ``(B, 1, H, W)`` foreground masks.
+            corruption: random corruption to use instead of ``self.corruption``.
+
+        Returns:
+            Scalar loss with gradients.
+        """
+        u = self.validate_inputs(x0)
+        if u.ndim != 4:
+            raise ValueError(f"training_loss needs 2D images (B, C, H, W), got {tuple(x0.shape)}.")
+        drawn = (corruption or self.corruption).corrupt_batch(u, foreground)
+        prediction = model(self.to_model(drawn["image"]), timesteps=drawn["timesteps"])
+        return F.mse_loss(prediction, self.to_model(u))
+
+    # ------------------------------------------------------------------ restoration
+    @torch.no_grad()
+    def restore(self, u: torch.Tensor, model: torch.nn.Module, progress: bool = False) -> dict[str, torch.Tensor]:
+        """Restore a 2D batch at the network's input size (no masking, no sliding window; see :meth:`detect`).
+
+        Args:
+            u: ``(B, C, H, W)`` images in [0, 1].
+            model: the x0-prediction network ``model(x, timesteps=t)``.
+            progress: tqdm bar over the network calls.
+
+        Returns:
+            ``anomaly_map`` ``(B, 1, H, W)`` (mean over calls of the channel-mean residual, in [0, 1]),
+            ``pseudo_healthy`` ``(B, C, H, W)`` in [0, 1] (the last x̂0 for ``"multi_step"``, the x̂0 at the largest t
+            for ``"mean_single_step"``), ``x0`` ``(B, K, C, H, W)`` and ``maps`` ``(B, K, 1, H, W)`` per call.
+        """
+        steps = self.restoration_steps()
+        x_t = u
+        x0s, maps = [], []
+        for i, t in enumerate(tqdm(steps, desc="DISYRE", disable=not progress, leave=False)):
+            # x̂0 is kept in the data range, where the healthy image lives
+            x0_hat = self.predict_x0(model, x_t, t).clamp(0.0, 1.0)
+            maps.append((x0_hat - x_t).abs().mean(dim=1, keepdim=True))
+            x0s.append(x0_hat)
+            if self.scoring == "multi_step" and i + 1 < len(steps):
+                x_t = restoration_update(x0_hat, x_t, self.alpha(t), self.alpha(steps[i + 1]), self.update)
+        stacked_maps = torch.stack(maps, dim=1)
+        healthy = x0s[-1] if self.scoring == "multi_step" else x0s[0]
+        return {
+            "anomaly_map": stacked_maps.mean(dim=1),
+            "pseudo_healthy": healthy,
+            "x0": torch.stack(x0s, dim=1),
+            "maps": stacked_maps,
+        }
+
+    def _restore_windows(self, u: torch.Tensor, model: torch.nn.Module, progress: bool) -> dict[str, torch.Tensor]:
+        """:meth:`restore` over Gaussian-weighted sliding windows of ``patch_size``, blended by MONAI."""
+        b, c, h, w = u.shape
+        k = len(self.restoration_steps())
+
+        def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = self.restore(window, model)
+            # per-call tensors travel as channels so that MONAI blends them like the map
+            return {
+                "anomaly_map": out["anomaly_map"],
+                "pseudo_healthy": out["pseudo_healthy"],
+                "x0": out["x0"].flatten(1, 2),
+                "maps": out["maps"].flatten(1, 2),
+            }
+
+        blended = sliding_window_inference(
+            u,
+            roi_size=self.patch_size,
+            sw_batch_size=self.sw_batch_size,
+            predictor=predictor,
+            overlap=self.sw_overlap,
+            mode="gaussian",
+            sigma_scale=self.sw_sigma_scale,
+            padding_mode="constant",
+            cval=0.0,
+            progress=progress,
+        )
+        return {
+            "anomaly_map": blended["anomaly_map"],
+            "pseudo_healthy": blended["pseudo_healthy"],
+            "x0": blended["x0"].reshape(b, k, c, h, w),
+            "maps": blended["maps"].reshape(b, k, 1, h, w),
+        }
+
+    def detect_batch(
+        self,
+        u: torch.Tensor,
+        diffusion_model: torch.nn.Module,
+        noise: SeededNoise,
+        progress: bool,
+        return_intermediates: bool,
+    ) -> dict[str, Any]:
+        """DISYRE on a 2D batch in [0, 1] (``noise`` is unused: the method is deterministic)."""
+        if self.patch_size is None or tuple(u.shape[2:]) == self.patch_size:
+            out = self.restore(u, diffusion_model, progress)
+        else:
+            out = self._restore_windows(u, diffusion_model, progress)
+        amap = out["anomaly_map"]
+        foreground = (u > 0).any(dim=1, keepdim=True).to(amap.dtype)
+        if self.foreground_mask:
+            amap = amap * foreground
+        if self.foreground_weighting:
+            amap = amap * foreground.flatten(1).mean(dim=1).reshape(-1, 1, 1, 1)
+        result: dict[str, Any] = {"anomaly_map": amap, "pseudo_healthy": out["pseudo_healthy"], "intermediates": {}}
+        if return_intermediates:
+            result["intermediates"] = {
+                "timesteps": torch.tensor(self.restoration_steps()),
+                "x0": out["x0"],
+                "maps": out["maps"],
+            }
+        return result

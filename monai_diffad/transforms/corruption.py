@@ -1,0 +1,580 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""DISYRE's synthetic anomaly corruption: soft shape masks and foreign-patch interpolation (array + dict pairs).
+
+A corrupted image is x_t = (1 − α·m)·x0 + α·m·x_fp (paper Eq. 1): m ∈ [0, 1] is a soft shape mask inside a square
+"anomaly window" of side P centred on a random foreground pixel, x_fp a P × P patch cropped from the foreground of
+*another* healthy image and placed in that window, α the interpolation factor tied to a timestep t by DISYRE's
+schedule (:mod:`monai_diffad.inferers.disyre_schedule`).
+
+Geometry follows the reference code (snavalm/disyre) at its scale — a 64-px window in 128² images, shapes of
+10–44 px, edge blur σ ∈ [0, 5] px with probability 0.7, rectangles rotated by up to ±15° with probability 0.5 — and
+is scaled by P/64 for other window sizes (P defaults to half the image side). The reference's third shape kind is
+the mid-slice of one of 300 stored 3D lesion shapes; those files are not available here, so the third kind is our own
+generator of smooth random blobs (a star-shaped region with a random low-order Fourier boundary, squashed and rotated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms import GaussianSmooth, MapTransform, RandBiasField, Randomizable, Transform
+from monai.transforms.utils import generate_spatial_bounding_box
+from monai.utils import convert_to_dst_type, convert_to_tensor, look_up_option
+
+from monai_diffad.inferers.disyre_schedule import corruption_alphas, disyre_scheduler, timestep_for_alpha
+
+__all__ = [
+    "SHAPE_KINDS",
+    "INTENSITY_MATCHING",
+    "TIMESTEP_SAMPLING",
+    "interpolate_foreign_patch",
+    "match_intensity",
+    "RandSoftShapeMask",
+    "RandSoftShapeMaskd",
+    "RandForeignPatchCorruption",
+    "RandForeignPatchCorruptiond",
+]
+
+SHAPE_KINDS = ("rectangle", "disc", "blob")
+#: How the foreign patch's intensities are adapted inside the shape: ``"none"`` (reference 'fpi' config),
+#: ``"minmax"`` (reference 'dag' config: the patch's min/max are mapped onto the image's) or ``"mean"``.
+INTENSITY_MATCHING = ("none", "minmax", "mean")
+#: ``"uniform_alpha"`` (reference): α ~ U[alpha_range], t = the step whose α_t is nearest.
+#: ``"uniform_t"`` (paper): t ~ U{1, …, T}, α = α_t.
+TIMESTEP_SAMPLING = ("uniform_alpha", "uniform_t")
+#: The reference's anomaly window (pixels) for which the size and blur defaults are given.
+_REFERENCE_WINDOW = 64
+_BLOB_HARMONICS = (2, 3, 4, 5)
+
+
+def interpolate_foreign_patch(
+    x0: torch.Tensor, foreign: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor | float
+) -> torch.Tensor:
+    """x_t = (1 − α·m)·x0 + α·m·x_fp (paper Eq. 1).
+
+    Args:
+        x0: clean images, ``(C, H, W)`` or ``(B, C, H, W)``, typically in [0, 1].
+        foreign: foreign patch canvas, same shape as ``x0``.
+        mask: soft mask in [0, 1], broadcastable to ``x0`` (``(1, H, W)`` or ``(B, 1, H, W)``).
+        alpha: scalar, or ``(B,)`` per image for batched inputs.
+
+    Returns:
+        The corrupted images, shape of ``x0``; a convex combination, so in [0, 1] when both inputs are.
+    """
+    a = torch.as_tensor(alpha, dtype=x0.dtype, device=x0.device)
+    if a.ndim == 1:
+        a = a.reshape(-1, *([1] * (x0.ndim - 1)))
+    weight = a * mask.to(x0.dtype)
+    return (1 - weight) * x0 + weight * foreign
+
+
+def match_intensity(foreign: torch.Tensor, image: torch.Tensor, region: torch.Tensor, mode: str) -> torch.Tensor:
+    """Adapt the foreign patch's intensities to the image's inside ``region``, clipped to [0, 1].
+
+    Args:
+        foreign: ``(C, H, W)`` foreign patch canvas in [0, 1].
+        image: ``(C, H, W)`` image being corrupted, in [0, 1].
+        region: ``(H, W)`` boolean pixels where statistics are taken (the shape's support).
+        mode: one of :data:`INTENSITY_MATCHING`.
+
+    Returns:
+        The adapted canvas (unchanged for ``"none"`` or an empty region).
+    """
+    mode = look_up_option(mode, INTENSITY_MATCHING)
+    if mode == "none" or not bool(region.any()):
+        return foreign
+    src, fp = image[:, region], foreign[:, region]
+    if mode == "mean":
+        out = foreign - fp.mean() + src.mean()
+    else:
+        # the small constant keeps a flat patch from being blown up to the full range
+        out = (foreign - fp.min()) / (fp.max() - fp.min() + 1e-3) * (src.max() - src.min()) + src.min()
+    return out.clamp(0.0, 1.0)
+
+
+def _check_pair(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not (low <= lo <= hi) or (high is not None and hi > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be (low, high) with low <= high within {bound}, got {tuple(value)!r}.")
+    return lo, hi
+
+
+def _check_prob(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}.")
+    return float(value)
+
+
+def _as_image(img: NdarrayOrTensor, name: str = "img") -> torch.Tensor:
+    """``(C, H, W)`` float tensor, validated."""
+    x = convert_to_tensor(img, track_meta=False).float()
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be channel-first 2D (C, H, W), got shape {tuple(x.shape)}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return x
+
+
+def _foreground_of(image: torch.Tensor, foreground: NdarrayOrTensor | None) -> torch.Tensor:
+    """``(H, W)`` boolean foreground: the given mask, or pixels where any channel is above 0."""
+    if foreground is None:
+        return (image > 0).any(dim=0)
+    fg = convert_to_tensor(foreground, track_meta=False).to(image.device)
+    fg = fg.reshape(-1, *fg.shape[-2:]).gt(0).any(dim=0)
+    if fg.shape != image.shape[1:]:
+        raise ValueError(f"foreground has spatial shape {tuple(fg.shape)}, expected {tuple(image.shape[1:])}.")
+    return fg
+
+
+class RandSoftShapeMask(Randomizable, Transform):
+    """Random soft shape mask m ∈ [0, 1] inside a square anomaly window centred on a foreground pixel.
+
+    Each call draws the window centre (a foreground pixel at least P/2 from the border when one exists), one shape
+    kind (``shape_probs`` over rectangle / disc / blob), its size and placement inside the window, an optional
+    rotation (rectangles) and an optional Gaussian edge blur; the mask is then cut to the window and zeroed on the
+    background.
+
+    Args:
+        window_size: P, the anomaly window side in pixels; ``None`` uses half the smaller image side.
+        shape_probs: relative odds of rectangle, disc and blob (reference: equal).
+        size_range: shape side / diameter range in pixels of a 64-px window (reference 10–44), scaled by P/64.
+        rotate_prob: probability of rotating a rectangle (reference 0.5).
+        max_angle: rotation range ±``max_angle`` degrees (reference 15).
+        blur_prob: probability of blurring the edges (reference 0.7).
+        blur_sigma: σ range in pixels of a 64-px window (reference 0–5), scaled by P/64.
+        zero_background: zero the mask where the image is background (reference ``no_anom_in_background``).
+
+    After a call, ``self.kind`` (str), ``self.center`` ((y, x) window centre) and ``self.window`` (slices of the
+    window) describe the last draw.
+
+    Raises:
+        ValueError: invalid options, a non-2D image, or a window larger than the image.
+    """
+
+    def __init__(
+        self,
+        window_size: int | None = None,
+        shape_probs: Sequence[float] = (1.0, 1.0, 1.0),
+        size_range: Sequence[float] = (10.0, 44.0),
+        rotate_prob: float = 0.5,
+        max_angle: float = 15.0,
+        blur_prob: float = 0.7,
+        blur_sigma: Sequence[float] = (0.0, 5.0),
+        zero_background: bool = True,
+    ) -> None:
+        if window_size is not None and int(window_size) < 4:
+            raise ValueError(f"window_size must be >= 4 pixels, got {window_size}.")
+        self.window_size = None if window_size is None else int(window_size)
+        probs = np.asarray(shape_probs, dtype=np.float64)
+        if probs.shape != (len(SHAPE_KINDS),) or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"shape_probs needs {len(SHAPE_KINDS)} non-negative odds (not all 0), got {shape_probs!r}.")
+        self.shape_probs = probs / probs.sum()
+        self.size_range = _check_pair("size_range", size_range, 1.0, float(_REFERENCE_WINDOW))
+        self.rotate_prob = _check_prob("rotate_prob", rotate_prob)
+        self.max_angle = float(max_angle)
+        self.blur_prob = _check_prob("blur_prob", blur_prob)
+        self.blur_sigma = _check_pair("blur_sigma", blur_sigma, 0.0)
+        self.zero_background = bool(zero_background)
+        self.kind = SHAPE_KINDS[0]
+        self.center = (0, 0)
+        self.window = (slice(0, 0), slice(0, 0))
+
+    def resolve_window(self, spatial_size: Sequence[int]) -> int:
+        """P for an image of ``spatial_size`` ``(H, W)``."""
+        side = min(int(s) for s in spatial_size)
+        p = side // 2 if self.window_size is None else self.window_size
+        if p > side or p < 4:
+            raise ValueError(f"The anomaly window ({p} px) must fit in the image {tuple(spatial_size)} and be >= 4 px.")
+        return p
+
+    def randomize(self, data: Any = None) -> None:
+        """Draws happen in :meth:`__call__`, which needs the image's foreground."""
+
+    def _draw_center(self, foreground: torch.Tensor, p: int) -> tuple[int, int]:
+        h, w = foreground.shape
+        lo = p // 2
+        valid = torch.zeros_like(foreground)
+        valid[lo : h - (p - lo) + 1, lo : w - (p - lo) + 1] = True
+        candidates = (foreground & valid).nonzero()
+        if len(candidates) > 0:
+            y, x = candidates[self.R.randint(len(candidates))].tolist()
+            return int(y), int(x)
+        return int(self.R.randint(lo, h - (p - lo) + 1)), int(self.R.randint(lo, w - (p - lo) + 1))
+
+    def _binary_shape(self, p: int, device: torch.device) -> torch.Tensor:
+        """A ``(P, P)`` binary shape for the drawn kind, placed at a random position inside the window."""
+        scale = p / _REFERENCE_WINDOW
+        size_lo, size_hi = (max(1.0, v * scale) for v in self.size_range)
+        size_hi = min(size_hi, float(p))
+        coords = torch.arange(p, device=device, dtype=torch.float32)
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+        kind = self.kind
+        if kind == "rectangle":
+            sides = self.R.uniform(size_lo, size_hi, size=2)
+            angle = math.radians(self.R.uniform(-self.max_angle, self.max_angle)) if self.R.rand() < self.rotate_prob else 0.0
+            extent = sides.max()
+        else:
+            extent = self.R.uniform(size_lo, size_hi)
+        # the centre is placed so the shape's bounding circle/box stays inside the window
+        margin = max(0.0, (p - extent) / 2)
+        cy, cx = (p - 1) / 2 + self.R.uniform(-margin, margin, size=2)
+        dy, dx = yy - cy, xx - cx
+        if kind == "rectangle":
+            c, s = math.cos(angle), math.sin(angle)
+            u, v = c * dx + s * dy, -s * dx + c * dy
+            return ((u.abs() <= sides[0] / 2) & (v.abs() <= sides[1] / 2)).float()
+        if kind == "disc":
+            return (dx**2 + dy**2 <= (extent / 2) ** 2).float()
+        return self._blob(dy, dx, extent / 2)
+
+    def _blob(self, dy: torch.Tensor, dx: torch.Tensor, radius: float) -> torch.Tensor:
+        """Star-shaped region r(θ) = 1 + Σ_k a_k cos(kθ + φ_k), squashed along a random axis, max radius ``radius``."""
+        amps = [self.R.uniform(0.0, 0.5 / k) for k in _BLOB_HARMONICS]
+        phases = self.R.uniform(0.0, 2 * math.pi, size=len(_BLOB_HARMONICS))
+        squash = self.R.uniform(0.6, 1.0)
+        rot = self.R.uniform(0.0, math.pi)
+        c, s = math.cos(rot), math.sin(rot)
+        u, v = c * dx + s * dy, (-s * dx + c * dy) / squash
+
+        def boundary(theta: torch.Tensor) -> torch.Tensor:
+            return 1.0 + sum(a * torch.cos(k * theta + ph) for a, k, ph in zip(amps, _BLOB_HARMONICS, phases))
+
+        # normalise so the farthest boundary point is at ``radius`` (the blob fits in the drawn extent)
+        peak = boundary(torch.linspace(0, 2 * math.pi, 720, device=dx.device)).max()
+        r_theta = boundary(torch.atan2(v, u)) * (radius / peak)
+        return ((u**2 + v**2).sqrt() <= r_theta).float()
+
+    def __call__(self, img: NdarrayOrTensor, foreground: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
+        """Draw a mask for ``img``.
+
+        Args:
+            img: ``(C, H, W)`` image (its foreground is where any channel is > 0 unless ``foreground`` is given).
+            foreground: optional ``(1, H, W)`` or ``(H, W)`` foreground mask.
+
+        Returns:
+            ``(1, H, W)`` float mask in [0, 1], same type (tensor/array) and device as ``img``.
+        """
+        x = _as_image(img)
+        fg = _foreground_of(x, foreground)
+        h, w = x.shape[1:]
+        p = self.resolve_window((h, w))
+        self.kind = SHAPE_KINDS[int(self.R.choice(len(SHAPE_KINDS), p=self.shape_probs))]
+        cy, cx = self._draw_center(fg, p)
+        self.center = (cy, cx)
+        y0, x0 = cy - p // 2, cx - p // 2
+        self.window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        mask = torch.zeros((1, h, w), device=x.device)
+        mask[(0, *self.window)] = self._binary_shape(p, x.device)
+        if self.R.rand() < self.blur_prob:
+            sigma = self.R.uniform(*self.blur_sigma) * p / _REFERENCE_WINDOW
+            if sigma > 0:
+                mask = convert_to_tensor(GaussianSmooth(sigma=sigma)(mask), track_meta=False)
+        # the blur spreads beyond the window, where there is no foreign patch: cut it back
+        inside = torch.zeros_like(mask, dtype=torch.bool)
+        inside[(0, *self.window)] = True
+        mask = torch.where(inside, mask, torch.zeros_like(mask)).clamp(0.0, 1.0)
+        if self.zero_background:
+            mask = mask * fg[None].to(mask.dtype)
+        return convert_to_dst_type(mask, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+
+
+class RandSoftShapeMaskd(Randomizable, MapTransform):
+    """Dictionary version of :class:`RandSoftShapeMask`: writes ``mask_key`` from the image at ``keys``.
+
+    Args:
+        keys: the image key (exactly one).
+        mask_key: output key of the ``(1, H, W)`` soft mask.
+        foreground_key: optional key of a foreground mask (else the image's non-zero pixels).
+        kwargs: options of :class:`RandSoftShapeMask`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "corruption_mask",
+        foreground_key: str | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandSoftShapeMaskd works on exactly one image key, got {self.keys}.")
+        self.mask_key = mask_key
+        self.foreground_key = foreground_key
+        self.generator = RandSoftShapeMask(**kwargs)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSoftShapeMaskd:
+        super().set_random_state(seed, state)
+        self.generator.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draws happen in the array transform."""
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            fg = d[self.foreground_key] if self.foreground_key is not None else None
+            d[self.mask_key] = self.generator(d[key], foreground=fg)
+        return d
+
+
+class RandForeignPatchCorruption(Randomizable, Transform):
+    """DISYRE's forward corruption of one image: x_t = (1 − α·m)·x0 + α·m·x_fp with a random (t, α, m, x_fp).
+
+    The foreign patch is a P × P crop of the foreground bounding box of a *different* image, taken from
+
+    - the ``foreign`` argument when given (e.g. another image of the batch, see :meth:`corrupt_batch`), else
+    - a cache of patches cropped from previously seen images (reference: 512), else (first call, empty cache)
+    - another location of the same image.
+
+    Every call then crops a patch of the current image into the cache (oldest dropped when full), so a dataset
+    transform feeds itself with foreign patches from the training set. The patch intensities may be adapted
+    (``intensity_matching``) and multiplied by a random smooth bias field (``bias_prob``).
+
+    Args:
+        alphas: the ``(T + 1,)`` α_t table (:func:`~monai_diffad.inferers.disyre_schedule.corruption_alphas`);
+            ``None`` uses the paper's schedule (T = 100, β 1e-3 → 0.2).
+        timestep_sampling: one of :data:`TIMESTEP_SAMPLING` (reference default ``"uniform_alpha"``).
+        alpha_range: α range for ``"uniform_alpha"`` (reference [0, 1]).
+        prob: probability of corrupting at all; otherwise α = 0 and t = 0 (reference ``p_anomaly`` = 1).
+        intensity_matching: one of :data:`INTENSITY_MATCHING`.
+        bias_prob: probability of multiplying the foreign patch by MONAI's ``RandBiasField`` (degree 3).
+        bias_coeff_range: coefficient range of that field.
+        cache_size: foreign-patch cache length (reference 512); 0 disables the cache.
+        mask_kwargs: options of :class:`RandSoftShapeMask` (window size, shapes, blur).
+
+    After a call, ``alpha`` (float), ``timestep`` (int), ``mask`` (``(1, H, W)`` tensor) and ``foreign``
+    (``(C, H, W)`` canvas) describe the last corruption.
+
+    Raises:
+        ValueError: invalid options or images (not ``(C, H, W)``, NaN/inf, shape mismatch with ``foreign``).
+    """
+
+    def __init__(
+        self,
+        alphas: Sequence[float] | torch.Tensor | None = None,
+        timestep_sampling: str = "uniform_alpha",
+        alpha_range: Sequence[float] = (0.0, 1.0),
+        prob: float = 1.0,
+        intensity_matching: str = "minmax",
+        bias_prob: float = 0.0,
+        bias_coeff_range: Sequence[float] = (0.0, 0.3),
+        cache_size: int = 512,
+        mask_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        table = corruption_alphas(disyre_scheduler()) if alphas is None else torch.as_tensor(alphas, dtype=torch.float32)
+        if table.ndim != 1 or len(table) < 2 or table[0] != 0 or (table.diff() < 0).any() or table[-1] > 1:
+            raise ValueError("alphas must be a 1D non-decreasing table from 0 (t = 0) to at most 1 (t = T).")
+        self.alphas = table.cpu()
+        self.timestep_sampling = look_up_option(timestep_sampling, TIMESTEP_SAMPLING)
+        self.alpha_range = _check_pair("alpha_range", alpha_range, 0.0, 1.0)
+        self.prob = _check_prob("prob", prob)
+        self.intensity_matching = look_up_option(intensity_matching, INTENSITY_MATCHING)
+        self.bias_prob = _check_prob("bias_prob", bias_prob)
+        self.bias_field = RandBiasField(degree=3, coeff_range=_check_pair("bias_coeff_range", bias_coeff_range, 0.0), prob=1.0)
+        if int(cache_size) < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}.")
+        self.cache_size = int(cache_size)
+        self.cache: list[torch.Tensor] = []
+        self.mask_generator = RandSoftShapeMask(**dict(mask_kwargs or {}))
+        self.alpha = 0.0
+        self.timestep = 0
+        self.mask = torch.zeros(1, 1, 1)
+        self.foreign = torch.zeros(1, 1, 1)
+
+    @property
+    def num_steps(self) -> int:
+        """T."""
+        return len(self.alphas) - 1
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandForeignPatchCorruption:
+        super().set_random_state(seed, state)
+        # the sub-transforms share this transform's stream, so one seed fixes every draw
+        self.mask_generator.set_random_state(state=self.R)
+        self.bias_field.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw (t, α): α ~ U[alpha_range] with t nearest (``"uniform_alpha"``) or t ~ U{1..T} with α = α_t."""
+        if self.R.rand() >= self.prob:
+            self.alpha, self.timestep = 0.0, 0
+        elif self.timestep_sampling == "uniform_alpha":
+            self.alpha = float(self.R.uniform(*self.alpha_range))
+            self.timestep = int(timestep_for_alpha(torch.tensor([self.alpha]), self.alphas)[0])
+        else:
+            self.timestep = int(self.R.randint(1, self.num_steps + 1))
+            self.alpha = float(self.alphas[self.timestep])
+
+    def crop_patch(self, image: torch.Tensor, p: int, foreground: NdarrayOrTensor | None = None) -> torch.Tensor:
+        """A random ``(C, P, P)`` crop of the foreground bounding box of ``image`` (clamped to the image)."""
+        fg = _foreground_of(image, foreground)
+        h, w = image.shape[1:]
+        if fg.any():
+            start, end = generate_spatial_bounding_box(fg[None])
+        else:
+            start, end = [0, 0], [h, w]
+        corner = []
+        for lo, hi, size in zip(start, end, (h, w)):
+            # inside the box when it is larger than P, else centred on it; always inside the image
+            first = self.R.randint(lo, hi - p + 1) if hi - lo >= p else (lo + hi - p) // 2
+            corner.append(int(min(max(first, 0), size - p)))
+        return image[:, corner[0] : corner[0] + p, corner[1] : corner[1] + p].clone()
+
+    def _push(self, patch: torch.Tensor) -> None:
+        if self.cache_size == 0:
+            return
+        self.cache.append(patch.detach().cpu())
+        while len(self.cache) > self.cache_size:
+            self.cache.pop(0)
+
+    def _foreign_patch(self, image: torch.Tensor, p: int, foreign: torch.Tensor | None) -> torch.Tensor:
+        if foreign is not None:
+            return self.crop_patch(foreign, p)
+        usable = [i for i, c in enumerate(self.cache) if c.shape == (image.shape[0], p, p)]
+        if usable:
+            return self.cache[usable[self.R.randint(len(usable))]].to(image.device)
+        return self.crop_patch(image, p)
+
+    def __call__(
+        self,
+        img: NdarrayOrTensor,
+        foreground: NdarrayOrTensor | None = None,
+        foreign: NdarrayOrTensor | None = None,
+        randomize: bool = True,
+    ) -> NdarrayOrTensor:
+        """Corrupt one image.
+
+        Args:
+            img: ``(C, H, W)`` healthy image in [0, 1] (background 0).
+            foreground: optional ``(1, H, W)`` foreground mask (else the non-zero pixels).
+            foreign: optional ``(C, H', W')`` healthy image the foreign patch is cropped from.
+            randomize: draw a new (t, α); ``False`` reuses the last (t, α) (mask and patch are always new).
+
+        Returns:
+            x_t, ``(C, H, W)``, same type and device as ``img``.
+        """
+        x = _as_image(img)
+        src = None if foreign is None else _as_image(foreign, "foreign").to(x.device)
+        if src is not None and (src.shape[0] != x.shape[0] or min(src.shape[1:]) < self.mask_generator.resolve_window(x.shape[1:])):
+            raise ValueError(f"foreign {tuple(src.shape)} must have {x.shape[0]} channels and hold the anomaly window.")
+        if randomize:
+            self.randomize()
+        mask = convert_to_tensor(self.mask_generator(x, foreground=foreground), track_meta=False).float()
+        p = self.mask_generator.resolve_window(x.shape[1:])
+        patch = self._foreign_patch(x, p, src)
+        if self.R.rand() < self.bias_prob:
+            patch = convert_to_tensor(self.bias_field(patch), track_meta=False).float().to(x.device).clamp(0.0, 1.0)
+        canvas = torch.zeros_like(x)
+        canvas[(slice(None), *self.mask_generator.window)] = patch
+        canvas = match_intensity(canvas, x, mask[0] > 0, self.intensity_matching)
+        self._push(self.crop_patch(x, p, foreground))
+        self.mask, self.foreign = mask, canvas
+        out = interpolate_foreign_patch(x, canvas, mask, self.alpha)
+        return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+
+    def corrupt_batch(self, x0: torch.Tensor, foreground: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Corrupt a batch, each image with a foreign patch from another (random) image of the same batch.
+
+        A batch of one falls back to the cache / another location (see the class docstring).
+
+        Args:
+            x0: ``(B, C, H, W)`` healthy images in [0, 1].
+            foreground: optional ``(B, 1, H, W)`` foreground masks.
+
+        Returns:
+            ``{"image": x_t (B, C, H, W), "alpha": (B,), "timesteps": (B,) long, "mask": (B, 1, H, W),
+            "foreign": (B, C, H, W)}`` on ``x0``'s device.
+
+        Raises:
+            ValueError: ``x0`` is not 4D or ``foreground`` does not match it.
+        """
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 4:
+            raise ValueError(f"x0 must be a (B, C, H, W) tensor, got {getattr(x0, 'shape', type(x0))}.")
+        if foreground is not None and (foreground.shape[0] != x0.shape[0] or foreground.shape[2:] != x0.shape[2:]):
+            raise ValueError(f"foreground {tuple(foreground.shape)} does not match x0 {tuple(x0.shape)}.")
+        b = x0.shape[0]
+        images, alphas, steps, masks, canvases = [], [], [], [], []
+        for i in range(b):
+            j = (i + 1 + self.R.randint(b - 1)) % b if b > 1 else None
+            fg = None if foreground is None else foreground[i]
+            images.append(self(x0[i], foreground=fg, foreign=None if j is None else x0[j]))
+            alphas.append(self.alpha)
+            steps.append(self.timestep)
+            masks.append(self.mask)
+            canvases.append(self.foreign)
+        return {
+            "image": torch.stack(images),
+            "alpha": torch.tensor(alphas, dtype=torch.float32, device=x0.device),
+            "timesteps": torch.tensor(steps, dtype=torch.long, device=x0.device),
+            "mask": torch.stack(masks),
+            "foreign": torch.stack(canvases),
+        }
+
+
+class RandForeignPatchCorruptiond(Randomizable, MapTransform):
+    """Dictionary version of :class:`RandForeignPatchCorruption` for a training ``Dataset``.
+
+    The image at ``keys`` is replaced by x_t; the clean image goes to ``target_key`` (the regression target), the
+    timestep to ``timestep_key`` (``()`` long tensor), α to ``alpha_key`` and the soft mask to ``mask_key``.
+
+    Args:
+        keys: the image key (exactly one).
+        target_key: where the clean x0 is kept.
+        timestep_key: output key of t.
+        alpha_key: output key of α.
+        mask_key: output key of m (``None`` to skip).
+        foreground_key: optional key of a foreground mask.
+        kwargs: options of :class:`RandForeignPatchCorruption`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        target_key: str = "x0",
+        timestep_key: str = "timesteps",
+        alpha_key: str = "alpha",
+        mask_key: str | None = "corruption_mask",
+        foreground_key: str | None = None,
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandForeignPatchCorruptiond works on exactly one image key, got {self.keys}.")
+        self.target_key, self.timestep_key, self.alpha_key = target_key, timestep_key, alpha_key
+        self.mask_key = mask_key
+        self.foreground_key = foreground_key
+        self.corruption = RandForeignPatchCorruption(**kwargs)
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandForeignPatchCorruptiond:
+        super().set_random_state(seed, state)
+        self.corruption.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self.corruption.randomize()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            fg = d[self.foreground_key] if self.foreground_key is not None else None
+            clean = d[key]
+            d[key] = self.corruption(clean, foreground=fg)
+            d[self.target_key] = clean
+            d[self.timestep_key] = torch.tensor(self.corruption.timestep, dtype=torch.long)
+            d[self.alpha_key] = torch.tensor(self.corruption.alpha, dtype=torch.float32)
+            if self.mask_key is not None:
+                d[self.mask_key] = convert_to_dst_type(self.corruption.mask, clean)[0]
+        return d

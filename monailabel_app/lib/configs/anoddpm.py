@@ -1,0 +1,15 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""AnoDDPM: partial noising with Simplex noise."""
+
+from __future__ import annotations
+
+from lib.configs.base import NOISE_LEVEL, AnomalyTaskConfig
+
+__all__ = ["AnoDDPMConfig"]
+
+
+class AnoDDPMConfig(AnomalyTaskConfig):
+    method = "anoddpm"
+    inferer_path = "monai_diffad.inferers.ddpm.AnoDDPMInferer"
+    method_options = (NOISE_LEVEL,)
+    summary = "AnoDDPM: Simplex-noise partial diffusion, restore, map the squared residual."

@@ -1,0 +1,15 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""DDPM partial-noising reconstruction baseline."""
+
+from __future__ import annotations
+
+from lib.configs.base import NOISE_LEVEL, AnomalyTaskConfig
+
+__all__ = ["DDPMConfig"]
+
+
+class DDPMConfig(AnomalyTaskConfig):
+    method = "ddpm"
+    inferer_path = "monai_diffad.inferers.ddpm.DDPMAnomalyInferer"
+    method_options = (NOISE_LEVEL,)
+    summary = "DDPM: noise the image partially, restore it, map the residual."

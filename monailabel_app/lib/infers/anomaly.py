@@ -1,0 +1,364 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""MONAI Label infer task: a diffusion anomaly detector served as a pre-annotation for 3D Slicer.
+
+Pipeline of one request (``BasicInferTask.__call__`` runs the stages in this order):
+
+1. Request options are validated first (:meth:`AnomalyInferTask.__call__`), so a bad request fails before any work.
+2. Pre-transforms: load (NIfTI, NRRD, DICOM series), channel first, ``Orientationd("RAS")`` (the training slices are
+   RAS ``[x, y]`` axial planes), the training intensity normalisation (``ForegroundPercentileScaled``) on the whole
+   volume, and an invertible in-plane resize to the network's resolution (slices along the last axis are kept).
+3. Inference: the method's ``detect()`` on the server's device; 3D volumes run slice-wise in batches of
+   ``slice_batch_size`` slices; progress is logged per network call.
+4. Inversion of the invertible pre-transforms (resize, orientation) on the float map, so it is in the input's grid.
+5. Post-transforms: the map is kept as ``anomaly_map`` and binned into a uint8 label (``anomaly`` from ``threshold``,
+   ``anomaly_high`` from ``high_threshold``), optional removal of small connected regions, channel squeeze and
+   ``Restored`` (the input's original affine for the writer).
+6. Writer: the label (what Slicer shows) or, with ``output="map"``, the float map as NIfTI; ``save_map`` also keeps
+   the float map beside the studies.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import CopyItemsd, EnsureChannelFirstd, Lambdad, LoadImaged, Orientationd, SqueezeDimd
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.post import Restored
+from monailabel.transform.writer import Writer
+from monailabel.utils.others.generic import file_ext, name_to_device
+from scipy import ndimage
+
+from lib.infers.params import InvalidInferRequest, Option, parse_options
+from lib.infers.progress import ProgressLoggedNetwork
+from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, ForegroundPercentileScaled, InPlaneResized
+
+__all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: key under which the validated options travel through the task's stages
+OPTIONS_KEY = "_anomaly_options"
+_MAP_KEY = "anomaly_map"
+_INFERER_CACHE_SIZE = 8
+
+#: Options every anomaly task has; methods add their own (noise level, harmonization steps, ...).
+TASK_OPTIONS: tuple[Option, ...] = (
+    Option("threshold", "float", 0.5, "Map value from which a voxel is labelled 'anomaly', in [0, 1].", 0.0, 1.0),
+    Option(
+        "high_threshold", "optional_float", None,
+        "Optional map value from which a voxel is labelled 'anomaly_high', in (threshold, 1]; empty for none.",
+        0.0, 1.0,
+    ),
+    Option("seed", "int", 0, "Seed of the diffusion noise; the same seed gives the same result.", 0, 2**63 - 1),
+    Option(
+        "slice_batch_size", "int", 32, "Slices processed together (bounds GPU/CPU memory).", 1, 4096,
+        target="max_batch_size",
+    ),
+    Option(
+        "mask_background", "bool", True,
+        "Zero the map where the image is background (<= 0) and score the foreground only (skull-stripped inputs).",
+    ),
+    Option("min_size", "int", 0, "Remove labelled regions smaller than this many voxels (0 keeps all).", 0, 10**9),
+    Option(
+        "output", "choice", "label", "'label' returns the uint8 label map, 'map' the float anomaly map (NIfTI).",
+        choices=("label", "map"),
+    ),
+    Option("save_map", "bool", False, "Also save the float map under <studies>/anomaly_maps/<model>/."),
+)  # fmt: skip
+
+_REQUIRED_OPTIONS = {o.name for o in TASK_OPTIONS}
+
+
+def _drop_small_components(label: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Zero connected anomalous regions (label > 0, full connectivity) of fewer than ``min_size`` voxels.
+
+    Args:
+        label: channel-first uint8 label ``(1, *spatial)``.
+        min_size: minimum region size in voxels.
+
+    Returns:
+        The label with small regions set to 0 (same type and metadata).
+    """
+    foreground = np.asarray(label[0] > 0)
+    components, count = ndimage.label(foreground, structure=np.ones((3,) * foreground.ndim))
+    if count == 0:
+        return label
+    keep = np.bincount(components.ravel()) >= min_size
+    keep[0] = False
+    return label * torch.as_tensor(keep[components], dtype=label.dtype)[None]
+
+
+def _image_id(image_path: str) -> str:
+    name = os.path.basename(os.path.normpath(image_path))
+    ext = file_ext(name)
+    return name[: -len(ext)] if ext else name
+
+
+class AnomalyInferTask(BasicInferTask):
+    """Unsupervised anomaly detection with one diffusion method, returning a uint8 label map and a result JSON.
+
+    The label values are :data:`monai_diffad.transforms.ANOMALY_LABELS` (``anomaly`` = 1, ``anomaly_high`` = 2).
+    The result JSON holds ``method``, the image-level ``score``, the ``threshold``/``high_threshold`` used and where
+    the threshold came from, the effective ``options``, voxel counts per label, ``timing`` and the perceptual term in
+    use (real LPIPS or its offline fallback).
+
+    Args:
+        method: method name reported in results (``"thor"``, ``"ddpm"``, ...).
+        inferer_factory: builds the method's inferer from keyword options (the inferer class with its scheduler bound).
+        checkpoint: network weights file; the task is not offered (``is_valid()`` False) while it does not exist.
+        load_network: reads ``checkpoint`` into a network (safe loading, legacy checkpoint conversion).
+        options: every request option (``TASK_OPTIONS`` and the method's), with their defaults.
+        fixed_inferer_kwargs: inferer options the request cannot change (e.g. ``noise_type`` of a variant).
+        calls_per_batch: network calls an inferer makes per batch of slices, for the progress log.
+        image_size: in-plane (H, W) the network was trained at.
+        threshold_source: where the default threshold came from (reported in results).
+        map_dir: folder for ``save_map`` results (``None`` refuses ``save_map``).
+        description: shown by MONAI Label clients.
+        preload: load the network on every device at start-up.
+
+    Raises:
+        ValueError: ``options`` lacks one of the task options.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        inferer_factory: Callable[..., Any],
+        checkpoint: str,
+        load_network: Callable[[str], torch.nn.Module],
+        options: Sequence[Option],
+        fixed_inferer_kwargs: Mapping[str, Any] | None = None,
+        calls_per_batch: Callable[[Any], int | None] | None = None,
+        image_size: Sequence[int] = (64, 64),
+        threshold_source: str = "default",
+        map_dir: str | None = None,
+        description: str = "",
+        preload: bool = False,
+    ) -> None:
+        missing = _REQUIRED_OPTIONS - {o.name for o in options}
+        if missing:
+            raise ValueError(f"options lack the task options {sorted(missing)}.")
+        self.method = method
+        self.inferer_factory = inferer_factory
+        self.load_network = load_network
+        self.options = tuple(options)
+        self.fixed_inferer_kwargs = dict(fixed_inferer_kwargs or {})
+        self.calls_per_batch = calls_per_batch or (lambda inferer: None)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.threshold_source = threshold_source
+        self.map_dir = map_dir
+        self._inferers: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        labels = {name: value for name, value in ANOMALY_LABELS.items() if value > 0}
+        super().__init__(
+            path=checkpoint,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=3,
+            description=description,
+            config={o.name: o.panel_value() for o in self.options},
+            preload=preload,
+        )
+
+    # ------------------------------------------------------------------ request validation
+    def inferer_kwargs(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor options of the inferer for validated request ``values``."""
+        kwargs = dict(self.fixed_inferer_kwargs)
+        kwargs.update({o.target: values[o.name] for o in self.options if o.target is not None})
+        return kwargs
+
+    def _inferer(self, kwargs: Mapping[str, Any]) -> Any:
+        """The inferer for these options; a few are cached because building one may load LPIPS weights."""
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+        with self._lock:
+            if key in self._inferers:
+                self._inferers.move_to_end(key)
+                return self._inferers[key]
+        try:
+            inferer = self.inferer_factory(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise InvalidInferRequest(f"invalid {self.method} options: {e}") from e
+        with self._lock:
+            self._inferers[key] = inferer
+            while len(self._inferers) > _INFERER_CACHE_SIZE:
+                self._inferers.popitem(last=False)
+        return inferer
+
+    def validate_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a request's options (before any image is read) and return their values.
+
+        Raises:
+            InvalidInferRequest: unknown options, invalid values, inconsistent thresholds, an unknown device, or
+                ``save_map`` without a local studies folder.
+        """
+        values = parse_options(request, self.options, extra_allowed=self._config.keys())
+        high = values["high_threshold"]
+        if high is not None and not values["threshold"] < high:
+            raise InvalidInferRequest(f"'high_threshold' ({high}) must be above 'threshold' ({values['threshold']}).")
+        if values["save_map"] and self.map_dir is None:
+            raise InvalidInferRequest("'save_map' needs a local studies folder; use output='map' instead.")
+        if "device" in request:
+            try:
+                torch.device(name_to_device(request["device"]))
+            except (RuntimeError, TypeError, ValueError, AttributeError):
+                raise InvalidInferRequest(f"unknown device {request['device']!r}.") from None
+        self._inferer(self.inferer_kwargs(values))
+        return values
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict]:
+        """Validate the request options, then run the standard MONAI Label pipeline with them.
+
+        Raises:
+            InvalidInferRequest: the request cannot be run as asked (see :meth:`validate_request`), or the image
+                cannot be processed (e.g. it is empty or has several channels).
+        """
+        values = self.validate_request(request)
+        return super().__call__({**request, OPTIONS_KEY: values}, callbacks)
+
+    # ------------------------------------------------------------------ stages
+    def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        return [
+            LoadImaged(keys="image", image_only=False),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            ForegroundPercentileScaled(keys="image"),
+            InPlaneResized(keys="image", spatial_size=self.image_size, mode="area"),
+        ]
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except ValueError as e:  # our transforms raise ValueError for unusable content (empty image, NaN, ...)
+            raise InvalidInferRequest(f"the image cannot be processed: {e}") from e
+
+    def inverse_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Any]:
+        return []  # invert every invertible pre-transform (in-plane resize, orientation) on the map
+
+    def post_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        values = data[OPTIONS_KEY]
+        post: list[Callable] = [
+            CopyItemsd(keys="pred", names=_MAP_KEY),
+            AnomalyMapToLabeld(
+                keys="pred", threshold=values["threshold"], high_threshold=values["high_threshold"], label_key="pred"
+            ),
+        ]
+        if values["min_size"] > 0:
+            post.append(Lambdad(keys="pred", func=partial(_drop_small_components, min_size=values["min_size"])))
+        # Restored only squeezes the channel of 3D results: squeeze here for 2D and 3D alike, then set the affine
+        post.append(SqueezeDimd(keys=["pred", _MAP_KEY], dim=0))
+        post.append(Restored(keys=["pred", _MAP_KEY], ref_image="image", has_channel=False))
+        return post
+
+    def _get_network(self, device: str, data: Mapping[str, Any] | None) -> torch.nn.Module:
+        """The network on ``device``, loaded safely with ``load_network`` and reloaded when the checkpoint changes."""
+        path = self.get_path()
+        if path is None:
+            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, f"Checkpoint {self.path} does not exist.")
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if cached is not None and cached[1] == mtime:
+            return cached[0]
+        logger.info(f"{self.method}: loading {path} on {device}")
+        network = self.load_network(path).to(torch.device(device)).eval()
+        self._networks[device] = (network, mtime)
+        return network
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        values = data[OPTIONS_KEY]
+        kwargs = self.inferer_kwargs(values)
+        inferer = self._inferer(kwargs)
+        network = self._get_network(device, data)
+        image = data[self.input_key]
+        channels = getattr(network, "in_channels", image.shape[0])
+        if image.shape[0] != channels:
+            raise InvalidInferRequest(f"the model expects {channels}-channel images, got {image.shape[0]} channels.")
+
+        inputs = torch.as_tensor(image.as_tensor() if isinstance(image, MetaTensor) else image)[None].float()
+        inputs = inputs.to(torch.device(device))
+        mask = (inputs > 0).float() if values["mask_background"] else None
+        slices = inputs.shape[-1] if inputs.ndim == 5 else 1
+        batches = math.ceil(slices / values["slice_batch_size"])
+        per_batch = self.calls_per_batch(inferer)
+        label = f"{self.method} on {os.path.basename(str(data.get('image_path', 'image')))}"
+        logged = ProgressLoggedNetwork(network, per_batch * batches if per_batch else None, label, logger)
+        logger.info(f"{label}: {slices} slice(s) of {tuple(inputs.shape[2:4])} in {batches} batch(es) on {device}")
+
+        start = time.perf_counter()
+        out = inferer.detect(inputs, logged, mask=mask, generator=torch.Generator().manual_seed(values["seed"]))
+        amap = out.anomaly_map[0].float().cpu()
+        score = float(out.score[0])
+        elapsed = time.perf_counter() - start
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
+        # the map carries the image's metadata and transform trace so the pre-transforms can be inverted on it
+        data["pred"] = MetaTensor(
+            amap, meta=copy.deepcopy(image.meta), applied_operations=copy.deepcopy(image.applied_operations)
+        )
+        perceptual = getattr(inferer, "perceptual", None)
+        data[self.output_json_key] = {
+            "method": self.method,
+            "score": score,
+            "threshold": values["threshold"],
+            "high_threshold": values["high_threshold"],
+            "threshold_source": self.threshold_source,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
+            "perceptual": getattr(perceptual, "description", None),
+            "timing": {
+                "detect_s": round(elapsed, 3),
+                "network_calls": logged.calls,
+                "slices": slices,
+                "batches": batches,
+                "device": str(device),
+            },
+        }
+        logger.info(f"{label}: score {score:.4f} in {elapsed:.1f}s ({logged.calls} network calls)")
+        return data
+
+    # ------------------------------------------------------------------ output
+    def _write(self, data: Mapping[str, Any], key: str, extension: str, dtype: str) -> str:
+        """Write ``data[key]`` (restored geometry) to a temporary file and return its path."""
+        # MONAI Label's ITK path drops the affine of 2D results; nibabel keeps it (NIfTI only)
+        nibabel = np.ndim(data[key]) == 2 and extension in (".nii", ".nii.gz")
+        request = {**data, "result_extension": extension, "result_dtype": dtype, "result_write_to_file": True}
+        path, _ = Writer(label=key, json=self.output_json_key, nibabel=nibabel)(request)
+        return path
+
+    def writer(
+        self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None
+    ) -> tuple[str | None, dict]:
+        values = data[OPTIONS_KEY]
+        result = data[self.output_json_key]
+        label = np.asarray(data["pred"])
+        result["label_voxels"] = {name: int((label == value).sum()) for name, value in self.labels.items()}
+        map_file = None
+        if values["output"] == "map" or values["save_map"]:
+            map_file = self._write(data, _MAP_KEY, ".nii.gz", "float32")
+        if values["save_map"]:
+            target_dir = os.path.join(self.map_dir, str(data.get("model", self.method)))
+            os.makedirs(target_dir, exist_ok=True)
+            target = os.path.join(target_dir, f"{_image_id(str(data['image_path']))}.nii.gz")
+            shutil.copyfile(map_file, target)
+            result["map_file"] = target
+        if values["output"] == "map":
+            return map_file, result
+        if map_file is not None:
+            os.remove(map_file)
+        extension = extension or data.get("result_extension") or file_ext(str(data.get("image_path", ""))) or ".nrrd"
+        return self._write(data, "pred", extension, dtype or data.get("result_dtype") or "uint8"), result
