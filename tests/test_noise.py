@@ -101,6 +101,7 @@ def test_simplex_time_coordinate():
     base = simplex_noise((1, 1, 32, 32), t=3, generator=seeded())
     assert torch.equal(base, simplex_noise((1, 1, 32, 32), t=3.0, generator=seeded()))
     assert torch.equal(base, simplex_noise((1, 1, 32, 32), t=torch.tensor(3), generator=seeded()))
+    assert torch.equal(base, simplex_noise((1, 1, 32, 32), t=np.int64(3), generator=seeded()))
     # t is a smooth coordinate: a small step changes the field a little, a large one decorrelates it
     near = (simplex_noise((1, 1, 32, 32), t=3.1, generator=seeded()) - base).abs().mean()
     far = (simplex_noise((1, 1, 32, 32), t=300, generator=seeded()) - base).abs().mean()

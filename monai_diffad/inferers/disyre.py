@@ -161,8 +161,6 @@ class DISYREInferer(DiffusionAnomalyInferer):
         self.scoring = look_up_option(scoring, DISYRE_SCORING)
         self.update = look_up_option(update, UPDATE_RULES)
         self.timesteps = None if timesteps is None else check_timesteps(timesteps, t_max)
-        if self.update == "cold" and self.scoring == "multi_step" and 0 in self.restoration_steps()[:-1]:
-            raise ValueError("The cold-diffusion update needs every timestep but the last to be >= 1.")
         self.patch_size = None if patch_size is None else tuple(int(p) for p in ensure_tuple_rep(patch_size, 2))
         if self.patch_size is not None and min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be positive, got {patch_size!r}.")

@@ -65,17 +65,16 @@ def demo_phantom(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return image[None, None], healthy[None, None]
 
 
-def load_slice(path: str, slice_index: int | None, rescale: bool) -> torch.Tensor:
-    """Read a 2D (or one axial slice of a 3D) NIfTI image as ``(1, 1, H, W)`` in [0, 1].
+def load_slice(path: str, slice_index: int | None, size: int | None) -> torch.Tensor:
+    """Read a 2D (or one axial slice of a 3D) NIfTI image as ``(1, 1, H, W)``.
 
     Args:
         path: NIfTI file.
         slice_index: slice along the last axis of a 3D image (the middle one when None).
-        rescale: divide by the 99.5th percentile of the non-zero voxels and clip to [0, 1]; without it the
-            image must already be in [0, 1].
+        size: resample to ``size × size`` (``area`` interpolation, the data sets' convention) when given.
 
     Raises:
-        ValueError: the image is not 2D/3D, or out of [0, 1] without ``rescale``.
+        ValueError: the image is not 2D or 3D.
     """
     image = torch.as_tensor(np.asarray(LoadImage(image_only=True)(path)), dtype=torch.float32).squeeze()
     if image.ndim == 3:
@@ -83,17 +82,42 @@ def load_slice(path: str, slice_index: int | None, rescale: bool) -> torch.Tenso
         image = image[..., index]
     if image.ndim != 2:
         raise ValueError(f"'{path}' is not a 2D slice or a 3D volume (shape {tuple(image.shape)}).")
+    image = image[None, None]
+    return image if size is None else torch.nn.functional.interpolate(image, size=(size, size), mode="area")
+
+
+def to_unit_range(image: torch.Tensor, path: str, rescale: bool) -> torch.Tensor:
+    """Check that ``image`` is in [0, 1], or map it there with ``rescale``.
+
+    Args:
+        image: ``(1, 1, H, W)`` image.
+        path: its file, for the error message.
+        rescale: divide by the 99.5th percentile of the non-zero pixels and clip to [0, 1].
+
+    Raises:
+        ValueError: the image is out of [0, 1] and ``rescale`` is off.
+    """
     if rescale:
         foreground = image[image != 0]
         scale = torch.quantile(foreground, 0.995) if foreground.numel() else torch.tensor(1.0)
         image = (image / scale).clamp(0.0, 1.0)
     elif image.min() < 0 or image.max() > 1:
         raise ValueError(f"'{path}' spans [{image.min():.3g}, {image.max():.3g}]; pass --rescale to map it to [0, 1].")
-    return image[None, None]
+    return image
 
 
-def render_stages(inputs: torch.Tensor, out: AnomalyOutput, path: str, title: str) -> None:
-    """Six panels for image 0 of the batch, shown with ``np.rot90`` (anterior up for RAS ``[x, y]`` arrays)."""
+def render_stages(
+    inputs: torch.Tensor, out: AnomalyOutput, path: str, title: str, label: torch.Tensor | None = None
+) -> None:
+    """Six panels for image 0 of the batch, shown with ``np.rot90`` (anterior up for RAS ``[x, y]`` arrays).
+
+    Args:
+        inputs: ``(B, 1, H, W)`` inputs in [0, 1].
+        out: :meth:`AutoDDPMInferer.detect` output with intermediates.
+        path: PNG file to write.
+        title: figure title.
+        label: optional ``(B, 1, H, W)`` ground-truth lesion mask, outlined in green on the input and final map.
+    """
     inter = out.intermediates
     binary = inter["binary_mask"][0, 0].cpu().numpy()
     panels = [
@@ -110,6 +134,8 @@ def render_stages(inputs: torch.Tensor, out: AnomalyOutput, path: str, title: st
         ax.imshow(np.rot90(image.cpu().numpy()), cmap=cmap, vmin=vmin, vmax=vmax)
         if name.startswith("mask"):
             ax.contour(np.rot90(binary), levels=[0.5], colors="cyan", linewidths=0.8)
+        if label is not None and (name.startswith("input") or name.startswith("final")):
+            ax.contour(np.rot90(label[0, 0].cpu().numpy()), levels=[0.5], colors="lime", linewidths=0.8)
         ax.set_title(name, fontsize=10)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -124,7 +150,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="trained network weights, e.g. bundles/ddpm/models/model.pt")
     source.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="demo", help="network layout")
     source.add_argument("--image", help="NIfTI slice or volume, intensities in [0, 1] (see --rescale)")
+    source.add_argument("--label", help="optional NIfTI lesion mask of --image, outlined in the figure")
     source.add_argument("--slice", type=int, default=None, help="slice of a 3D image along its last axis")
+    source.add_argument("--size", type=int, default=None, help="resample the slice to SIZE x SIZE (network's size)")
     source.add_argument("--rescale", action="store_true", help="normalise by the foreground 99.5th percentile")
     source.add_argument("--demo-oracle", action="store_true", help="synthetic phantom and analytic denoiser")
     method = parser.add_argument_group("AutoDDPM options (paper defaults)")
@@ -142,6 +170,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give either --checkpoint and --image, or --demo-oracle (and nothing else as input).")
     if not args.demo_oracle and not (args.checkpoint and args.image):
         parser.error("--checkpoint and --image are both needed.")
+    if args.label and not args.image:
+        parser.error("--label needs --image.")
     return args
 
 
@@ -151,12 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scheduler = ddpm_scheduler()
     if args.demo_oracle:
         inputs, healthy = demo_phantom()
+        label = None
         low, high = args.model_range
         network: torch.nn.Module = ExactHealthyDenoiser(healthy * (high - low) + low, scheduler)
         title = "AutoDDPM on a synthetic phantom with an analytic (oracle) denoiser"
     else:
         network = load_diffusion_unet(args.checkpoint, **ARCHITECTURES[args.architecture])
-        inputs = load_slice(args.image, args.slice, args.rescale)
+        inputs = to_unit_range(load_slice(args.image, args.slice, args.size), args.image, args.rescale)
+        label = (load_slice(args.label, args.slice, args.size) >= 0.5).float() if args.label else None
         title = f"AutoDDPM: {args.image} with {args.checkpoint}"
     inferer = AutoDDPMInferer(
         scheduler,
@@ -176,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     title += f" (L={inferer.noise_level}, R={inferer.resample_level}, K={inferer.resample_passes}, "
     title += f"{inferer.num_network_calls} calls, perceptual={inferer.perceptual.description})"
-    render_stages(inputs, out, args.output, title)
+    render_stages(inputs, out, args.output, title, label)
     print(f"wrote {args.output}")
     return 0
 

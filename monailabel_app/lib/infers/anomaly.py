@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -31,9 +32,11 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
 from monai.transforms import CopyItemsd, EnsureChannelFirstd, Lambdad, LoadImaged, Orientationd, SqueezeDimd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -334,10 +337,16 @@ class AnomalyInferTask(BasicInferTask):
     # ------------------------------------------------------------------ output
     def _write(self, data: Mapping[str, Any], key: str, extension: str, dtype: str) -> str:
         """Write ``data[key]`` (restored geometry) to a temporary file and return its path."""
-        # MONAI Label's ITK path drops the affine of 2D results; nibabel keeps it (NIfTI only)
-        nibabel = np.ndim(data[key]) == 2 and extension in (".nii", ".nii.gz")
+        array = data[key].array if isinstance(data[key], MetaTensor) else np.asarray(data[key])
+        if array.ndim == 2 and extension in (".nii", ".nii.gz"):
+            # MONAI Label's writer drops the affine of 2D results (ITK) or fails on them (nibabel): write directly
+            affine = to_affine_nd(3, np.asarray(data[f"{key}_meta_dict"]["affine"], dtype=np.float64))
+            with tempfile.NamedTemporaryFile(suffix=extension, delete=False) as f:
+                path = f.name
+            nib.save(nib.Nifti1Image(array.astype(dtype), affine), path)
+            return path
         request = {**data, "result_extension": extension, "result_dtype": dtype, "result_write_to_file": True}
-        path, _ = Writer(label=key, json=self.output_json_key, nibabel=nibabel)(request)
+        path, _ = Writer(label=key, json=self.output_json_key)(request)
         return path
 
     def writer(
