@@ -108,7 +108,8 @@ def test_interpolation_endpoints():
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_transform_alpha_endpoints(alpha):
     x = phantom(64)[0][0]
-    t = RandForeignPatchCorruption(alpha_range=(alpha, alpha), intensity_matching="none").set_random_state(3)
+    t = RandForeignPatchCorruption(alpha_range=(alpha, alpha), intensity_matching="none", mask_kwargs={"blur_prob": 0})
+    t.set_random_state(3)
     out = t(x, foreign=torch.full((1, 64, 64), 0.9))
     if alpha == 0.0:
         assert torch.equal(out, x) and t.timestep == 0

@@ -173,9 +173,9 @@ def simplex_noise(
     """AnoDDPM simplex noise: ``n = sum_k persistence**k * S(p / f_k, t / f_k)``, ``f_k = frequency / 2**k``.
 
     ``p`` are pixel indices; ``S`` is 3D simplex noise over ``(x, y, t)`` for 2 spatial dims and 4D over
-    ``(x, y, z, t)`` for 3, with ``x`` along the last axis as in the reference. Each call draws fresh hash tables from ``generator``, so a seeded generator
-    reproduces the noise. As in the reference, all images and channels share one field unless ``per_image``
-    (or per-image ``t``, which samples the same field at different ``t``).
+    ``(x, y, z, t)`` for 3, with ``x`` along the last axis as in the reference. Each call draws fresh hash tables
+    from ``generator``, so a seeded generator reproduces the noise. As in the reference, all images and channels
+    share one field unless ``per_image`` (or per-image ``t``, which samples the same field at different ``t``).
 
     Args:
         shape: output shape ``(B, C, H, W)`` or ``(B, C, H, W, D)``.

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from monai_diffad.training.checkpoints import latest_checkpoint, resume_seed
 from monai_diffad.training.data import fixed_noise_items, load_slice_items
+from monai_diffad.training.inferer import AUTOCAST_DTYPES, AutocastDiffusionInferer
 from monai_diffad.training.handlers import EMAHandler, LossCSVLogger, WeightsExporter, attach_progress_bar
 from monai_diffad.training.prepare_batch import FixedNoisePrepareBatch
 
 __all__ = [
+    "AUTOCAST_DTYPES",
+    "AutocastDiffusionInferer",
     "EMAHandler",
     "FixedNoisePrepareBatch",
     "LossCSVLogger",

@@ -398,10 +398,12 @@ class RandForeignPatchCorruption(Randomizable, Transform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandForeignPatchCorruption:
+        """Re-seed, and empty the foreign-patch cache: its content is part of the random state."""
         super().set_random_state(seed, state)
         # the sub-transforms share this transform's stream, so one seed fixes every draw
         self.mask_generator.set_random_state(state=self.R)
         self.bias_field.set_random_state(state=self.R)
+        self.cache.clear()
         return self
 
     def randomize(self, data: Any = None) -> None:
