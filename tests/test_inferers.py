@@ -160,3 +160,13 @@ def test_scheduler_type_and_length_checked():
 
     with pytest.raises(ValueError, match="T=100"):
         DDPMAnomalyInferer(ddpm_scheduler(num_train_timesteps=100), noise_level=350)
+
+
+def test_step_stride_reduces_calls_and_keeps_quality_on_oracle(scheduler):
+    x, mask, healthy = phantom(32)
+    model = oracle_for(healthy, scheduler)
+    out = DDPMAnomalyInferer(scheduler, noise_level=100, step_stride=10).detect(x, model, generator=_gen())
+    assert model.calls == 11
+    assert out.anomaly_map[mask > 0].mean() > 10 * out.anomaly_map[mask == 0].mean()
+    with pytest.raises(ValueError, match="step_stride"):
+        DDPMAnomalyInferer(scheduler, step_stride=0)

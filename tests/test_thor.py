@@ -145,3 +145,17 @@ def test_harmonization_mask_and_blend():
     assert w[..., 16, 16] == 1.0 and w[..., 10, 10] == 0.5 and w[..., 9, 9] == 0.0
     x0, x = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
     assert torch.equal(harmonize(x0, x, torch.full_like(x, 0.25)), torch.full_like(x, 0.25))
+
+
+def test_strided_schedule_maps_harmonization_onto_its_grid(scheduler, tiny_unet):
+    inferer = THORInferer(scheduler, step_stride=10, perceptual="ssim")
+    assert inferer.reverse_schedule(350)[:3] == [350, 340, 330] and inferer.reverse_schedule(350)[-1] == 0
+    assert inferer.active_harmonization_steps() == [300, 150, 50]
+    assert len(inferer.recorded_steps()) == 8
+    odd = THORInferer(scheduler, noise_level=20, harmonization_steps=(13, 6), record_interval=5, step_stride=4,
+                      perceptual="ssim")
+    assert odd.reverse_schedule(20) == [20, 16, 12, 8, 4, 0]
+    assert odd.active_harmonization_steps() == [12, 8]  # nearest visited steps (6: tie, goes to the larger)
+    x, _, _ = phantom(32)
+    odd.detect(x, tiny_unet, generator=_gen())
+    assert tiny_unet.calls == 6

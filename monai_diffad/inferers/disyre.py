@@ -145,7 +145,9 @@ class DISYREInferer(DiffusionAnomalyInferer):
     ) -> None:
         scheduler = disyre_scheduler() if scheduler is None else scheduler
         if not isinstance(scheduler, DDPMScheduler):
-            raise TypeError(f"DISYREInferer needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}.")
+            raise TypeError(
+                f"DISYREInferer needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}."
+            )
         # DISYRE adds no noise: the base's noise level is unused and set to a valid placeholder
         super().__init__(
             scheduler,
@@ -170,7 +172,8 @@ class DISYREInferer(DiffusionAnomalyInferer):
             raise ValueError(f"sw_sigma_scale must be > 0, got {sw_sigma_scale}.")
         if int(sw_batch_size) < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
-        self.sw_overlap, self.sw_sigma_scale, self.sw_batch_size = float(sw_overlap), float(sw_sigma_scale), int(sw_batch_size)
+        self.sw_overlap, self.sw_sigma_scale = float(sw_overlap), float(sw_sigma_scale)
+        self.sw_batch_size = int(sw_batch_size)
         self.foreground_mask = bool(foreground_mask)
         self.foreground_weighting = bool(foreground_weighting)
         if corruption is not None and len(corruption.alphas) != t_max + 1:

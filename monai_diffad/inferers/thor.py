@@ -89,7 +89,7 @@ class THORInferer(DiffusionAnomalyInferer):
         sigma: σ of the smoothing of the perceptual term (2).
         final_maps: ``"recorded"`` or ``"harmonization"``.
         map_clip: upper clip of the final map (0.999 in the reference).
-        renoise_level: ``"t"`` (reference) or ``"t-1"``.
+        renoise_level: ``"t"`` (reference) or ``"t-1"`` (the level of the next visited step).
         kwargs: shared options of :class:`DiffusionAnomalyInferer` (``value_range``, ``model_range``, ...).
     """
 
@@ -139,11 +139,20 @@ class THORInferer(DiffusionAnomalyInferer):
             raise ValueError(f"harmonization step {step!r} must be an integer in [0, noise_level={self.noise_level}].")
         return int(step)
 
+    def _on_schedule(self, step: int) -> int:
+        """The visited step nearest to ``step`` (identity for the full schedule): strided runs harmonize on their grid."""
+        return min(self.reverse_schedule(self.noise_level), key=lambda t: (abs(t - step), -t))
+
+    def active_harmonization_steps(self) -> list[int]:
+        """H mapped onto the reverse schedule (equal to H when ``step_stride`` is 1), descending."""
+        return sorted({self._on_schedule(t) for t in self.harmonization_steps}, reverse=True)
+
     def recorded_steps(self) -> list[int]:
-        """Descending steps at which an intermediate map is recorded (multiples of ``record_interval`` and H)."""
-        visited = set(self.reverse_schedule(self.noise_level))
-        steps = {t for t in visited if t % self.record_interval == 0} | set(self.harmonization_steps)
-        return sorted(steps & visited, reverse=True)
+        """Descending steps at which an intermediate map is recorded: visited multiples of ``record_interval``
+        (their nearest visited step when strided) and the harmonization steps."""
+        last = self.noise_level - self.noise_level % self.record_interval
+        wanted = {self._on_schedule(t) for t in range(last, -1, -self.record_interval)}
+        return sorted(wanted | set(self.active_harmonization_steps()), reverse=True)
 
     def intermediate_map(self, x0_hat: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """m = clip(G_σ * P(x̂0, x), 0, 1) · |x̂0 − x|, normalised per image by its maximum; ``(B, 1, H, W)``."""
@@ -162,7 +171,9 @@ class THORInferer(DiffusionAnomalyInferer):
         return_intermediates: bool,
     ) -> dict[str, Any]:
         record = set(self.recorded_steps())
-        harmonize_at = set(self.harmonization_steps)
+        harmonize_at = set(self.active_harmonization_steps())
+        schedule = self.reverse_schedule(self.noise_level)
+        next_level = dict(zip(schedule, [*schedule[1:], 0]))
         eps0 = noise(tuple(u.shape[1:]), t=self.noise_level)
         maps: dict[int, torch.Tensor] = {}
         x0s: dict[int, torch.Tensor] = {}
@@ -178,14 +189,14 @@ class THORInferer(DiffusionAnomalyInferer):
             if t not in harmonize_at:
                 return x_prev
             blended = harmonize(x0_hat, u, self.blend_weight(maps[t]))
-            level = t if self.renoise_level == "t" else max(t - 1, 0)
+            level = t if self.renoise_level == "t" else next_level[t]
             return self.scheduler.add_noise(self.to_model(blended), eps0, self._timesteps(level, u.shape[0], u.device))
 
         restored = self.partial_reverse(
             self.to_model(u), diffusion_model, noise, self.noise_level, initial_noise=eps0, callback=on_step,
             progress=progress,
         )
-        final_steps = sorted(maps, reverse=True) if self.final_maps == "recorded" else self.harmonization_steps
+        final_steps = sorted(maps, reverse=True) if self.final_maps == "recorded" else sorted(harmonize_at, reverse=True)
         amap = harmonic_mean([maps[t] for t in final_steps]).clamp(max=self.map_clip)
         out: dict[str, Any] = {
             "anomaly_map": amap,
