@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from monai_diffad.inferers.autoddpm import AutoDDPMInferer, binary_anomaly_mask, initial_anomaly_map, stitch
 from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
 from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
 from monai_diffad.inferers.output import AnomalyOutput
@@ -11,6 +12,10 @@ from monai_diffad.inferers.thor import THOR_DEFAULTS, THORInferer, harmonization
 
 __all__ = [
     "AnoDDPMInferer",
+    "AutoDDPMInferer",
+    "binary_anomaly_mask",
+    "initial_anomaly_map",
+    "stitch",
     "AnomalyOutput",
     "DDPMAnomalyInferer",
     "DiffusionAnomalyInferer",
