@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm"]
+INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm", "autoddpm"]
 DEMO_WEIGHTS = os.path.join(ROOT, "bundles", "ddpm", "models", "model.pt")
 
 
