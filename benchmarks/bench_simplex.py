@@ -4,7 +4,8 @@
 Cases: a 128x128 image (3D simplex over x, y, t) and a 64x64x64 volume (4D simplex over x, y, z, t), both with the
 AnoDDPM octave sum (6 octaves, persistence 0.8, frequency 64). opensimplex's vectorised ``noise3array`` /
 ``noise4array`` are used when present (otherwise one call per pixel). Torch runs on one thread unless a CUDA
-device is chosen.
+device is chosen; opensimplex runs on one thread too (JIT-compiled when numba is installed, pure Python otherwise;
+``NUMBA_DISABLE_JIT=1`` forces the latter).
 
 Usage:
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_simplex.py --repeats 5 --ref-repeats 2
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -56,6 +58,11 @@ def evaluate_opensimplex(noise: opensimplex.OpenSimplex, coordinates: list[np.nd
     return np.vectorize(lambda *point: scalar(*point[::-1]))(*grid)
 
 
+def opensimplex_is_compiled() -> bool:
+    """opensimplex JIT-compiles with numba when numba is importable and not disabled."""
+    return importlib.util.find_spec("numba") is not None and os.environ.get("NUMBA_DISABLE_JIT", "0") == "0"
+
+
 def time_calls(function: Callable[[int], object], repeats: int, synchronize: Callable[[], None]) -> list[float]:
     """Wall-clock seconds of ``function(i)`` for ``i < repeats``."""
     seconds = []
@@ -92,6 +99,8 @@ def run_case(name: str, spatial: tuple[int, ...], args: argparse.Namespace) -> N
         return simplex_noise((1, 1, *spatial), t=T_COORDINATE, generator=generator, device=device, **options)
 
     ours(0)  # warm-up (allocator, CUDA context)
+    if opensimplex_is_compiled():
+        opensimplex_octave_sum(0, (2,) * len(spatial), **options)  # JIT compilation is not timed
     torch_seconds = time_calls(ours, args.repeats, synchronize)
     reference_fields: list[np.ndarray] = []
     reference_seconds = time_calls(
@@ -130,9 +139,13 @@ def main() -> None:
         parser.error("--repeats, --ref-repeats and --stat-fields must be >= 1")
 
     torch.set_num_threads(1)
-    numba = importlib.util.find_spec("numba") is not None
-    print(f"torch {torch.__version__}, opensimplex {importlib.metadata.version('opensimplex')}, "
-          f"numba {'present (opensimplex JIT-compiled)' if numba else 'absent (opensimplex is pure Python)'}")
+    mode = "pure Python"
+    if opensimplex_is_compiled():
+        import numba
+
+        numba.set_num_threads(1)  # a like-for-like comparison with single-threaded torch on CPU
+        mode = "numba JIT-compiled, 1 thread"
+    print(f"torch {torch.__version__}, opensimplex {importlib.metadata.version('opensimplex')} ({mode})")
     run_case("image", (128, 128), args)
     if not args.skip_volume:
         run_case("volume", (64, 64, 64), args)

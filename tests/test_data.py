@@ -39,7 +39,9 @@ from monai_diffad.transforms.lesions import (
 
 torch.set_num_threads(1)
 
-needs_colin27 = pytest.mark.skipif(not source_available("colin27"), reason="Colin27 needs: apt-get install mricron-data")
+needs_colin27 = pytest.mark.skipif(
+    not source_available("colin27"), reason="Colin27 needs: apt-get install mricron-data"
+)
 
 
 def brain_slice(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +317,8 @@ def test_demo_datalist(tmp_path):
     assert {it["lesion_type"] for it in datalist["test"]} == {"stroke", "tumour"}
     assert sorted(it["size_class"] for it in datalist["test"]) == [1, 2, 3, 3]
     for item in datalist["test"] + datalist["volumes"]:
-        loaded = LoadImaged(["image", "label", "brain_mask"])({k: os.path.join(tmp_path, item[k]) for k in ("image", "label", "brain_mask")})
+        keys = ("image", "label", "brain_mask")
+        loaded = LoadImaged(keys)({k: os.path.join(tmp_path, item[k]) for k in keys})
         assert loaded["image"].shape[:2] == (128, 128) and float(loaded["label"].sum()) > 0
         assert float((loaded["label"] * (1 - loaded["brain_mask"])).sum()) == 0
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp_path) for f in fs)

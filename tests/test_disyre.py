@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import CountingModel, phantom
 from monai.bundle import ConfigParser
-from monai.inferers import DiffusionInferer
+from monai.inferers import DiffusionInferer, SimpleInferer
 
 from monai_diffad.inferers.disyre import DISYREInferer, disyre_unet
 from monai_diffad.inferers.disyre_schedule import (
@@ -22,7 +22,7 @@ from monai_diffad.inferers.disyre_schedule import (
     restoration_update,
     timestep_for_alpha,
 )
-from monai_diffad.training.disyre import DISYREPrepareBatch, frozen_corruption_items
+from monai_diffad.training.disyre import AutocastSimpleInferer, DISYREPrepareBatch, frozen_corruption_items
 from monai_diffad.transforms.corruption import (
     RandForeignPatchCorruption,
     RandForeignPatchCorruptiond,
@@ -149,6 +149,11 @@ def test_shape_options_and_blur():
     assert discs.kind == "disc" and set(m.unique().tolist()) <= {0.0, 1.0}
     blurred = RandSoftShapeMask(shape_probs=(1, 0, 0), blur_prob=1.0, blur_sigma=(4, 4)).set_random_state(1)(x)
     assert ((blurred > 0) & (blurred < 1)).sum() > 50  # soft edges
+    gen = RandSoftShapeMask().set_random_state(2)
+    first = gen(x)
+    assert torch.equal(gen(x, randomize=False), first) and not torch.equal(gen(x), first)
+    with pytest.raises(ValueError, match="earlier draw"):
+        RandSoftShapeMask()(x, randomize=False)
     d = RandSoftShapeMaskd("image", mask_key="m").set_random_state(1)({"image": x.numpy()})
     assert isinstance(d["m"], np.ndarray) and d["m"].shape == (1, 64, 64)
 
@@ -407,3 +412,14 @@ def test_networks_and_bundle_config():
     out = parser.get_parsed_content("train_transforms")(item)
     assert {"image", "x0", "timesteps", "mask"} <= set(out) and out["image"].shape == (1, 64, 64)
     assert isinstance(parser.get_parsed_content("prepare_batch"), DISYREPrepareBatch)
+    assert isinstance(parser.get_parsed_content("train_inferer"), AutocastSimpleInferer)
+
+
+def test_autocast_simple_inferer(tiny_unet):
+    x, t = phantom(32, batch=2)[0], torch.tensor([10, 90])
+    reference = SimpleInferer()(x, tiny_unet, timesteps=t)
+    assert torch.equal(AutocastSimpleInferer("none")(x, tiny_unet, timesteps=t), reference)
+    low = AutocastSimpleInferer("bfloat16")(x, tiny_unet, timesteps=t)
+    assert low.dtype == torch.float32 and torch.allclose(low, reference, atol=0.05)
+    with pytest.raises(ValueError, match="float8"):
+        AutocastSimpleInferer("float8")

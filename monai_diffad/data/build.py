@@ -277,7 +277,8 @@ def _write_items(arrays: dict[str, np.ndarray], root: str, folder: str, resoluti
     spacing = _pixel_spacing(resolution)
     items = []
     for i in range(len(arrays["images"])):
-        name = f"colin27_z{int(arrays['z'][i]):03d}_{i:03d}_{arrays['lesion_type'][i]}"
+        index = int(arrays["index"][i]) if "index" in arrays else i  # the item's index in the development set
+        name = f"colin27_z{int(arrays['z'][i]):03d}_{index:03d}_{arrays['lesion_type'][i]}"
         item: dict[str, Any] = {}
         for key, array_key, dtype in (
             ("image", "images", np.float32),
@@ -365,8 +366,8 @@ def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
 def build_demo_data(out_dir: str, seed: int = 0) -> str:
     """Small demo assets at 128 x 128 (well under 10 MB): four lesion slices and one 3D stack with a lesion.
 
-    The slices are the first development-set items (seed ``seed``) of four (type, size) kinds: small stroke, large
-    stroke, medium tumour, large tumour. The volume stacks 8 Colin27 slices 3 mm apart (voxels 1.5 x 1.5 x 3 mm)
+    The slices are development-set items (seed ``seed``) of four (type, size) kinds: small stroke, large stroke,
+    medium tumour, large tumour; of each kind, the one on the slice with the largest brain area. The volume stacks 8 Colin27 slices 3 mm apart (voxels 1.5 x 1.5 x 3 mm)
     around the slice of largest brain area, with a tumour-like ellipsoid painted across its middle 6 slices.
 
     Args:
@@ -378,8 +379,13 @@ def build_demo_data(out_dir: str, seed: int = 0) -> str:
     """
     arrays = dev_set_arrays(seed)
     wanted = [("stroke", 1), ("stroke", 3), ("tumour", 2), ("tumour", 3)]
-    picks = [int(np.nonzero((arrays["lesion_type"] == t) & (arrays["size_class"] == c))[0][0]) for t, c in wanted]
+    brain_area = arrays["brain_masks"].reshape(len(arrays["brain_masks"]), -1).sum(1)
+    picks = []
+    for lesion_type, size_class in wanted:  # the kind's item on the largest brain slice: a typical mid-brain view
+        candidates = np.nonzero((arrays["lesion_type"] == lesion_type) & (arrays["size_class"] == size_class))[0]
+        picks.append(int(candidates[np.argmax(brain_area[candidates])]))
     chosen = {k: v[picks] for k, v in arrays.items()}
+    chosen["index"] = np.asarray(picks)
     items = _write_items(chosen, out_dir, "slices", 128)
     volume = _demo_volume(seed)
     spacing = (_pixel_spacing(128), _pixel_spacing(128), 3.0)

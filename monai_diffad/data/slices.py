@@ -121,7 +121,8 @@ class MaskedPercentileNormalized(MapTransform):
             img = d[key]
             img_np = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
             out = masked_percentile_normalize(img_np, np.broadcast_to(mask_np, img_np.shape), self.percentile)
-            d[key] = convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+            dtype = torch.float32 if isinstance(img, torch.Tensor) else np.float32
+            d[key] = convert_to_dst_type(out, img, dtype=dtype)[0]
         return d
 
 

@@ -26,6 +26,10 @@ __all__ = ["simplex_noise", "radial_power_spectrum"]
 _TABLE_SIZE = 256
 #: squared kernel radius; 0.5 keeps the noise continuous (a wider kernel reaches lattice points outside the simplex)
 _KERNEL_RADIUS_SQ = 0.5
+#: most points (pixels x fields x octaves) evaluated in one pass on accelerators (about 200 bytes each in
+#: temporaries) and on CPUs (fits the caches: ~1.5x faster than whole 64^3 volumes)
+_POINTS_PER_PASS = 2**21
+_POINTS_PER_PASS_CPU = 2**16
 #: per lattice dimension: (coordinate scale, amplitude) giving opensimplex's feature size and std. Fitted to
 #: opensimplex 0.4 noise3 / noise4 single octaves (80 / 60 seeds): autocorrelation within 0.02 at all lags, std
 #: 0.312 / 0.246; its sparser lattice and wider kernel make features ~2x larger than Gustavson's at equal input.
@@ -216,20 +220,26 @@ def simplex_noise(
     table_base = (torch.arange(num_fields, device=compute_device) % num_tables * _TABLE_SIZE).view(-1, 1)
 
     grid = _pixel_grid(spatial, compute_device)
-    coordinates = torch.cat(
-        [
-            grid.view(dims - 1, 1, -1).expand(-1, num_fields, -1),
-            times.to(compute_device).expand(num_fields).view(1, num_fields, 1).expand(1, -1, grid.shape[1]),
-        ]
-    )
-
+    times = times.to(compute_device).expand(num_fields)
     lattice_scale, amplitude = _CALIBRATION[dims]
-    noise = torch.zeros(num_fields, grid.shape[1], dtype=torch.float32, device=compute_device)
-    for octave in range(octaves):
-        divisor = frequency / 2**octave
-        noise += (persistence**octave * amplitude) * _simplex_lattice_noise(
-            coordinates * (lattice_scale / divisor), table_base, permutation, corner_gradients
+    octave = torch.arange(octaves, dtype=torch.float64, device=compute_device)
+    scales = (lattice_scale * 2.0**octave / frequency).view(1, octaves, 1, 1)
+    weights = (amplitude * persistence**octave).to(torch.float32)
+    stacked_table_base = table_base.repeat(octaves, 1)
+
+    # all octaves and fields are evaluated together on blocks of pixels: large blocks keep the number of kernel
+    # launches low on accelerators, cache-sized ones are faster on CPUs
+    budget = _POINTS_PER_PASS_CPU if compute_device.type == "cpu" else _POINTS_PER_PASS
+    block = max(1, budget // (octaves * num_fields))
+    noise = torch.empty(num_fields, grid.shape[1], dtype=torch.float32, device=compute_device)
+    for start in range(0, grid.shape[1], block):
+        pixels = grid[:, start : start + block]
+        coordinates = torch.cat(
+            [pixels.unsqueeze(1).expand(-1, num_fields, -1), times.view(1, -1, 1).expand(1, -1, pixels.shape[1])]
         )
+        points = (coordinates.unsqueeze(1) * scales).flatten(1, 2)
+        field = _simplex_lattice_noise(points, stacked_table_base, permutation, corner_gradients)
+        noise[:, start : start + block] = torch.einsum("o,onp->np", weights, field.view(octaves, num_fields, -1))
 
     if normalize:
         noise = noise - noise.mean(dim=1, keepdim=True)

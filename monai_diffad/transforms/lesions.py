@@ -44,7 +44,7 @@ SIZE_CLASS_NAMES: dict[int, str] = {0: "none", 1: "small", 2: "medium", 3: "larg
 
 
 def size_class_of(pixel_count: int) -> int:
-    """The size class (0 none or too small, 1 small, 2 medium, 3 large) of a lesion with ``pixel_count`` pixels at 128²."""
+    """Size class of a lesion of ``pixel_count`` pixels at 128 x 128: 0 none/too small, 1 small, 2 medium, 3 large."""
     for cls, (low, high) in LESION_SIZE_CLASSES.items():
         if low < pixel_count <= high:
             return cls
@@ -190,6 +190,13 @@ def paint_tumour_like(
     return out, outer
 
 
+def _like(array: np.ndarray, reference: NdarrayOrTensor, numpy_dtype: type) -> NdarrayOrTensor:
+    """``array`` as ``reference``'s type and device: float32 tensors for torch inputs, ``numpy_dtype`` for numpy."""
+    if isinstance(reference, torch.Tensor):
+        return convert_to_dst_type(array.astype(np.float32), reference, dtype=torch.float32)[0]
+    return array.astype(numpy_dtype)
+
+
 class RandSyntheticLesion(RandomizableTransform):
     """Paint one random synthetic lesion of a given type and size class into a 2D brain slice.
 
@@ -306,10 +313,7 @@ class RandSyntheticLesion(RandomizableTransform):
                 raise RuntimeError(
                     f"Could not fit a {SIZE_CLASS_NAMES[size_class]} {lesion_type} lesion in {self.max_tries} tries."
                 )
-        out_img = convert_to_dst_type(image2d[None].astype(np.float32), img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
-        label = mask2d[None].astype(np.uint8)
-        out_label = convert_to_dst_type(label, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.uint8)[0]
-        return out_img, out_label
+        return _like(image2d[None], img, np.float32), _like(mask2d[None], img, np.uint8)
 
 
 class RandSyntheticLesiond(RandomizableTransform, MapTransform):
@@ -346,7 +350,9 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
         self.label_key = label_key
         self.painter = RandSyntheticLesion(lesion_type, size_class, 1.0, max_tries, pixel_scale)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandSyntheticLesiond:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandSyntheticLesiond:
         super().set_random_state(seed, state)
         self.painter.set_random_state(seed, state)
         return self
@@ -359,7 +365,6 @@ class RandSyntheticLesiond(RandomizableTransform, MapTransform):
                 d[key], d[self.label_key] = self.painter(d[key], d[self.brain_mask_key])
                 d["lesion_type"], d["size_class"] = self.painter.last_lesion_type, self.painter.last_size_class
             else:
-                label = np.zeros(np.shape(d[key]), dtype=np.uint8)
-                d[self.label_key] = convert_to_dst_type(label, d[key], dtype=label.dtype if not isinstance(d[key], torch.Tensor) else torch.float32)[0]
+                d[self.label_key] = _like(np.zeros(np.shape(d[key]), dtype=np.uint8), d[key], np.uint8)
                 d["lesion_type"], d["size_class"] = "none", 0
         return d

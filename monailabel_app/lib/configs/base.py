@@ -128,7 +128,9 @@ class AnomalyTaskConfig(TaskConfig):
         self.checkpoint = checkpoint if os.path.isabs(checkpoint) else os.path.join(self.repo_root, checkpoint)
         sizes = [s for s in str(conf.get("image_size", "64")).split(",") if s.strip()]
         if len(sizes) not in (1, 2) or not all(s.strip().isdigit() and int(s) > 0 for s in sizes):
-            raise ValueError(f"--conf image_size must be 'N' or 'H,W' with positive integers, got {conf['image_size']!r}.")
+            raise ValueError(
+                f"--conf image_size must be 'N' or 'H,W' with positive integers, got {conf['image_size']!r}."
+            )
         self.image_size = (int(sizes[0]), int(sizes[-1]))
         self.preload = bool(strtobool(conf.get("preload", "false")))
         self.lpips_backbone = conf.get("lpips_backbone")
@@ -191,7 +193,8 @@ class AnomalyTaskConfig(TaskConfig):
         else:
             source = "default"
             logger.warning(
-                f"{self.name}: no calibrated 'threshold' in {bundle_file}; using {options[0].default} "
+                f"{self.name}: no calibrated 'threshold' in {bundle_file}; using "
+                f"{next(o.default for o in options if o.name == 'threshold')} "
                 "(override it per request with params {'threshold': ...})."
             )
         return tuple(options), source

@@ -73,8 +73,9 @@ TASK_OPTIONS: tuple[Option, ...] = (
         target="max_batch_size",
     ),
     Option(
-        "mask_background", "bool", True,
-        "Zero the map where the image is background (<= 0) and score the foreground only (skull-stripped inputs).",
+        "mask_background", "bool", False,
+        "Zero the map where the image is background (<= 0) and score the foreground only (skull-stripped inputs); "
+        "off by default, as in the bundles and the papers' evaluation.",
     ),
     Option("min_size", "int", 0, "Remove labelled regions smaller than this many voxels (0 keeps all).", 0, 10**9),
     Option(
@@ -236,6 +237,7 @@ class AnomalyInferTask(BasicInferTask):
 
     # ------------------------------------------------------------------ stages
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        """Load → channel first → RAS → training normalisation → in-plane resize; ``(1, H', W'[, D])`` in [0, 1]."""
         return [
             LoadImaged(keys="image", image_only=False),
             EnsureChannelFirstd(keys="image"),
@@ -245,17 +247,22 @@ class AnomalyInferTask(BasicInferTask):
         ]
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+        """MONAI Label's pre-processing, with unusable image content reported as a client error."""
         try:
             return super().run_pre_transforms(data, transforms)
         except ValueError as e:  # our transforms raise ValueError for unusable content (empty image, NaN, ...)
             raise InvalidInferRequest(f"the image cannot be processed: {e}") from e
 
     def inverse_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Any]:
-        return []  # invert every invertible pre-transform (in-plane resize, orientation) on the map
+        """``[]``: MONAI Label inverts every invertible pre-transform (in-plane resize, orientation) on the map."""
+        return []
 
     def post_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
+        """Keep the float map, bin it into the label, drop small regions, squeeze the channel, set the affine."""
         values = data[OPTIONS_KEY]
         post: list[Callable] = [
+            # interpolation back to the input grid may overshoot [0, 1] slightly
+            Lambdad(keys="pred", func=partial(torch.clamp, min=0.0, max=1.0)),
             CopyItemsd(keys="pred", names=_MAP_KEY),
             AnomalyMapToLabeld(
                 keys="pred", threshold=values["threshold"], high_threshold=values["high_threshold"], label_key="pred"
@@ -283,6 +290,11 @@ class AnomalyInferTask(BasicInferTask):
         return network
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        """Run ``detect()`` on ``device`` (volumes slice-wise in batches); store the map as ``pred`` and the result.
+
+        Raises:
+            InvalidInferRequest: the image's channel count does not match the network.
+        """
         values = data[OPTIONS_KEY]
         kwargs = self.inferer_kwargs(values)
         inferer = self._inferer(kwargs)
@@ -352,6 +364,7 @@ class AnomalyInferTask(BasicInferTask):
     def writer(
         self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None
     ) -> tuple[str | None, dict]:
+        """Write the label (or, with ``output="map"``, the float map); ``save_map`` keeps a copy of the map."""
         values = data[OPTIONS_KEY]
         result = data[self.output_json_key]
         label = np.asarray(data["pred"])

@@ -9,9 +9,9 @@ anything else, so parsers accept numeric strings and comma-separated lists.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["FRAMEWORK_KEYS", "InvalidInferRequest", "Option", "parse_options"]
@@ -55,7 +55,7 @@ def _integer(name: str, value: Any) -> int:
     return int(number)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Option:
     """One request option.
 
@@ -82,7 +82,7 @@ class Option:
 
     def with_default(self, default: Any) -> Option:
         """A copy with another default, validated like a request value."""
-        return Option(self.name, self.kind, self.parse(default), self.help, self.low, self.high, self.choices, self.target)
+        return dataclasses.replace(self, default=self.parse(default))
 
     def _check_bounds(self, value: float) -> None:
         if self.low is not None and value < self.low:
