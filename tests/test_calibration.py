@@ -1,0 +1,58 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Threshold calibration at a healthy-pixel false-positive rate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_diffad.calibration import healthy_fpr_threshold, write_threshold
+
+
+def _oracle(maps: np.ndarray, masks: np.ndarray, fpr: float) -> float:
+    for k in range(1000):
+        th = k / 1000
+        shares = [(m[b > 0] > th).mean() for m, b in zip(maps, masks)]
+        if np.mean(shares) <= fpr:
+            return th
+    return 0.999
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.05, 0.2])
+def test_threshold_matches_loop_oracle(fpr):
+    rng = np.random.default_rng(0)
+    maps = rng.beta(2, 8, size=(5, 1, 16, 16)).astype(np.float32)
+    masks = (rng.random((5, 1, 16, 16)) > 0.3).astype(np.uint8)
+    th = healthy_fpr_threshold(torch.from_numpy(maps), torch.from_numpy(masks), fpr)
+    assert th == pytest.approx(_oracle(maps, masks, fpr))
+    flagged = np.mean([(m[b > 0] > th).mean() for m, b in zip(maps, masks)])
+    assert flagged <= fpr
+
+
+def test_pixels_outside_the_mask_are_ignored():
+    maps = torch.zeros(1, 1, 4, 4)
+    maps[..., 0, 0] = 1.0  # a hot pixel outside the foreground
+    masks = torch.ones(1, 1, 4, 4)
+    masks[..., 0, 0] = 0
+    assert healthy_fpr_threshold(maps, masks, 0.01) == 0.0
+    assert healthy_fpr_threshold(maps, None, 0.01) > 0.99
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="fpr"):
+        healthy_fpr_threshold(torch.zeros(1, 1, 2, 2), fpr=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        healthy_fpr_threshold(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+def test_write_threshold_edits_config_and_metadata(tmp_path):
+    (tmp_path / "inference.json").write_text('{\n    "seed": 0,\n    "threshold": 0.5,\n    "x": [1, 2]\n}\n')
+    (tmp_path / "metadata.json").write_text('{"version": "0.1.0"}')
+    write_threshold(str(tmp_path), {"threshold": 0.123456, "fpr": 0.05, "num_images": 7, "data": "/d/dev_64.npz"})
+    text = (tmp_path / "inference.json").read_text()
+    assert '"threshold": 0.1235,' in text and '"x": [1, 2]' in text
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["threshold"] == 0.1235 and "5%" in meta["threshold_calibration"]
