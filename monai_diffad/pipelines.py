@@ -18,6 +18,7 @@ from monai.transforms import (
     Invertd,
     Lambdad,
     LoadImaged,
+    Orientationd,
     SaveImaged,
     SplitDimd,
 )
@@ -35,9 +36,10 @@ def inference_preprocessing(
     normalize_intensity: bool = True,
     percentile: float = 99.5,
     image_key: str = "image",
-    load: bool = True,
+    axcodes: str | None = "RAS",
+    image_only: bool = True,
 ) -> Compose:
-    """Load → channel first → foreground-percentile scaling to [0, 1] → in-plane resize (invertible).
+    """Load → channel first → orientation → foreground-percentile scaling to [0, 1] → in-plane resize (invertible).
 
     Args:
         image_size: the network's in-plane size (an int for square).
@@ -45,14 +47,17 @@ def inference_preprocessing(
             already in [0, 1] with the training data's convention).
         percentile: foreground percentile mapped to 1.
         image_key: the image's key.
-        load: start with ``LoadImaged`` (False when the caller already loaded the image, e.g. MONAI Label).
+        axcodes: orientation the slices are taken in (the training slices are RAS ``[x, y]`` axial planes, so a
+            volume's last axis must run inferior→superior); ``None`` keeps the stored orientation.
+        image_only: ``LoadImaged``'s option (MONAI Label wants the meta dictionary too).
 
     Returns:
         A ``Compose`` giving ``(1, H', W')`` or ``(1, H', W', D)`` float32 MetaTensors in [0, 1].
     """
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(s) for s in image_size]
-    transforms = [LoadImaged(keys=image_key, image_only=True)] if load else []
-    transforms.append(EnsureChannelFirstd(keys=image_key))
+    transforms: list = [LoadImaged(keys=image_key, image_only=image_only), EnsureChannelFirstd(keys=image_key)]
+    if axcodes is not None:
+        transforms.append(Orientationd(keys=image_key, axcodes=axcodes))
     if normalize_intensity:
         transforms.append(ForegroundPercentileScaled(keys=image_key, percentile=percentile))
     transforms += [InPlaneResized(keys=image_key, spatial_size=size, mode="area"), EnsureTyped(keys=image_key, dtype=torch.float32)]

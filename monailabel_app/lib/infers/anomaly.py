@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
-from monai.transforms import CopyItemsd, EnsureChannelFirstd, Lambdad, LoadImaged, Orientationd, SqueezeDimd
+from monai.transforms import CopyItemsd, Lambdad, SqueezeDimd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -48,7 +48,8 @@ from scipy import ndimage
 
 from lib.infers.params import InvalidInferRequest, Option, parse_options
 from lib.infers.progress import ProgressLoggedNetwork
-from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, ForegroundPercentileScaled, InPlaneResized
+from monai_diffad.pipelines import inference_preprocessing
+from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld
 
 __all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY"]
 
@@ -238,13 +239,7 @@ class AnomalyInferTask(BasicInferTask):
     # ------------------------------------------------------------------ stages
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
         """Load → channel first → RAS → training normalisation → in-plane resize; ``(1, H', W'[, D])`` in [0, 1]."""
-        return [
-            LoadImaged(keys="image", image_only=False),
-            EnsureChannelFirstd(keys="image"),
-            Orientationd(keys="image", axcodes="RAS"),
-            ForegroundPercentileScaled(keys="image"),
-            InPlaneResized(keys="image", spatial_size=self.image_size, mode="area"),
-        ]
+        return list(inference_preprocessing(self.image_size, image_only=False).transforms)
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
         """MONAI Label's pre-processing, with unusable image content reported as a client error."""

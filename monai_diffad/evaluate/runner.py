@@ -1,0 +1,419 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Running methods on a labelled set in batches and accumulating the papers' metrics with bounded memory.
+
+Per method: best-threshold Dice, AUPRC and AUROC of the brain pixels pooled over the set and over each lesion-size
+stratum; the share of lesion-free brain pixels flagged at the best threshold; reconstruction SSIM/MSE/MAE on the
+lesion-free slices; image-level AUROC of the scores (lesion vs lesion-free). Maps are reduced to histograms batch by
+batch (``monai_diffad.metrics``), so memory does not grow with the set; only the maps of a few example slices are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import look_up_option
+from tqdm.auto import tqdm
+
+from monai_diffad.evaluate.dataset import EvaluationSet, load_evaluation_set, resolve_data_path, select_items
+from monai_diffad.evaluate.methods import (
+    METHOD_LABELS,
+    MethodUnavailable,
+    build_method,
+    describe_inferer,
+    method_config_file,
+)
+from monai_diffad.evaluate.report import run_metadata, write_report
+from monai_diffad.inferers import AnomalyOutput, DiffusionAnomalyInferer
+from monai_diffad.metrics import (
+    AUPRCMetric,
+    AUROCMetric,
+    BestDiceMetric,
+    ImageAUROCMetric,
+    ReconstructionMetric,
+    StratifiedMetric,
+)
+
+__all__ = [
+    "REPORTED_STRATA",
+    "STATUSES",
+    "MethodMetrics",
+    "MethodResult",
+    "evaluate_method",
+    "evaluate_bundle_method",
+    "run_evaluation",
+    "run_bundle_evaluation",
+]
+
+logger = logging.getLogger(__name__)
+
+#: strata in the papers' column order ("all" is their "Average": every slice pooled)
+REPORTED_STRATA = ("all", "small", "medium", "large")
+#: outcome of a method: ran, skipped (bundle or weights missing) or failed (an error, in ``reason``)
+STATUSES = ("ok", "skipped", "failed")
+#: example slices drawn per size class in this order: large, medium, small, lesion-free
+_EXAMPLE_ORDER = (3, 2, 1, 0)
+
+
+class MethodMetrics:
+    """Every metric of one method over a set, accumulated batch by batch in fixed memory.
+
+    Args:
+        n_bins: histogram bins of the AUPRC/AUROC metrics (see :class:`~monai_diffad.metrics.AUPRCMetric`).
+    """
+
+    def __init__(self, n_bins: int = 100_000) -> None:
+        self.dice = StratifiedMetric(partial(BestDiceMetric, return_threshold=True))
+        self.auprc = StratifiedMetric(partial(AUPRCMetric, n_bins))
+        self.auroc = StratifiedMetric(partial(AUROCMetric, n_bins))
+        self.reconstruction = ReconstructionMetric(spatial_dims=2, data_range=1.0)
+        self.image_auroc = ImageAUROCMetric()
+
+    def update(self, output: AnomalyOutput, batch: Mapping[str, torch.Tensor]) -> None:
+        """Add one batch.
+
+        Args:
+            output: the method's result for ``batch["image"]``: ``anomaly_map`` (B, 1, H, W) in [0, 1],
+                ``pseudo_healthy`` (B, 1, H, W) and ``score`` (B,).
+            batch: ``image`` (B, 1, H, W) in [0, 1], binary ``label`` and ``brain_mask`` (B, 1, H, W) and
+                ``size_class`` (B,).
+        """
+        maps = output.anomaly_map.detach().float().cpu()
+        labels, brain = batch["label"].cpu(), batch["brain_mask"].cpu()
+        size_class = batch["size_class"].cpu()
+        if maps.shape != labels.shape:
+            raise ValueError(f"anomaly_map has shape {tuple(maps.shape)}, the labels {tuple(labels.shape)}.")
+        for metric in (self.dice, self.auprc, self.auroc):
+            metric(maps, labels, size_class=size_class, mask=brain)
+        # an item with a painted lesion is abnormal even if pooling to a coarser grid left no lesion pixel
+        lesion_free = size_class == 0
+        if bool(lesion_free.any()):
+            healthy = output.pseudo_healthy.detach().float().cpu()
+            self.reconstruction(healthy[lesion_free], batch["image"].cpu()[lesion_free])
+        self.image_auroc(output.score.detach().float().cpu(), (~lesion_free).long())
+
+    def aggregate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics so far.
+
+        Returns:
+            ``(metrics, curves)``. ``metrics`` maps ``dice_<s>``, ``threshold_<s>``, ``auprc_<s>``, ``auroc_<s>`` for
+            ``s`` in :data:`REPORTED_STRATA`, ``flagged_fraction`` (lesion-free brain pixels with map >= the best
+            "all" threshold), ``image_auroc``, ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
+            where undefined (e.g. a stratum without items). ``curves`` holds ``precision``, ``recall`` (pooled "all"
+            pixels) and ``dice`` (101 thresholds) as float64 arrays.
+        """
+        with warnings.catch_warnings():
+            # undefined values (a stratum without items or positives) become nan, reported as "n/a"
+            warnings.simplefilter("ignore", RuntimeWarning)
+            dice, auprc, auroc = self.dice.aggregate(), self.auprc.aggregate(), self.auroc.aggregate()
+            metrics: dict[str, float] = {}
+            for s in REPORTED_STRATA:
+                metrics[f"dice_{s}"], metrics[f"threshold_{s}"] = dice[s]
+                metrics[f"auprc_{s}"], metrics[f"auroc_{s}"] = auprc[s], auroc[s]
+            threshold = metrics["threshold_all"]
+            none_dice = self.dice.metrics["none"]
+            metrics["flagged_fraction"] = (
+                none_dice.flagged_fraction(threshold) if not math.isnan(threshold) else float("nan")
+            )
+            metrics["image_auroc"] = self.image_auroc.aggregate()
+            metrics.update(self.reconstruction.aggregate())
+            precision, recall = self.auprc.metrics["all"].curve()
+            curves = {
+                "precision": precision.cpu().numpy(),
+                "recall": recall.cpu().numpy(),
+                "dice": self.dice.metrics["all"].dice_curve().cpu().numpy(),
+            }
+        return {k: float(v) for k, v in metrics.items()}, curves
+
+
+@dataclass
+class MethodResult:
+    """Outcome of one method on the set.
+
+    Attributes:
+        name: method name.
+        status: one of :data:`STATUSES`.
+        reason: why a method was skipped or failed.
+        label: display name.
+        noise: ``gaussian``, ``simplex`` or ``none`` (DISYRE).
+        metrics: see :meth:`MethodMetrics.aggregate` plus ``seconds_per_image``.
+        curves: see :meth:`MethodMetrics.aggregate`.
+        examples: ``{item index: (H, W) anomaly map}`` of the example slices.
+        settings: how the method was built and configured.
+    """
+
+    name: str
+    status: str = "ok"
+    reason: str = ""
+    label: str = ""
+    noise: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    examples: dict[int, np.ndarray] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = look_up_option(self.status, STATUSES)
+        self.label = self.label or METHOD_LABELS.get(self.name, self.name)
+
+
+def _invocation() -> str:
+    """The running command line, as ``python -m package ...`` when started with ``-m`` (for reports)."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if os.path.basename(sys.argv[0]) == "__main__.py" and main_spec is not None and main_spec.name:
+        return f"python -m {main_spec.name.removesuffix('.__main__')} " + shlex.join(sys.argv[1:])
+    return "python " + shlex.join(sys.argv)
+
+
+def _error_summary(error: BaseException) -> str:
+    """One line naming the error and its root cause (config parsing wraps the real error in a RuntimeError)."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = f"{type(error).__name__}: {error}"
+    if root is not error:
+        text += f" (caused by {type(root).__name__}: {root})"
+    return " ".join(text.split())
+
+
+def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+
+def evaluate_method(
+    inferer: DiffusionAnomalyInferer,
+    network: torch.nn.Module,
+    dataset: EvaluationSet,
+    indices: Sequence[int] | None = None,
+    *,
+    name: str = "method",
+    batch_size: int = 16,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    example_indices: Sequence[int] = (),
+    progress: bool = False,
+    n_bins: int = 100_000,
+) -> MethodResult:
+    """Run one method on items of a set and aggregate its metrics.
+
+    Args:
+        inferer: the method; ``inferer.detect(images, network, mask=brain, generator=g)`` is called per batch.
+        network: its network (on ``device``).
+        dataset: the labelled set.
+        indices: items to use (default all), processed in this order.
+        name: method name, for the result and the progress bar.
+        batch_size: images per ``detect`` call.
+        seed: seed of the CPU generator every noise draw comes from (the same for every method).
+        device: device of the inputs; default the network's.
+        example_indices: items whose anomaly maps are kept for figures.
+        progress: show a progress bar over images (and the inferer's own bars over steps).
+        n_bins: histogram bins of AUPRC/AUROC.
+
+    Returns:
+        A :class:`MethodResult` with status ``"ok"``.
+
+    Raises:
+        ValueError: ``batch_size`` < 1, or the inferer's own errors (e.g. inputs out of range).
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    if device is None:
+        device = next(network.parameters(), torch.empty(0)).device
+    generator = torch.Generator().manual_seed(int(seed))
+    metrics = MethodMetrics(n_bins)
+    wanted = set(int(i) for i in example_indices)
+    examples: dict[int, np.ndarray] = {}
+    start = time.perf_counter()
+    with tqdm(total=len(indices), desc=name, unit="img", disable=not progress) as bar:
+        for chunk in _chunks(indices, int(batch_size)):
+            batch = dataset.batch(chunk, device)
+            output = inferer.detect(
+                batch["image"], network, mask=batch["brain_mask"], generator=generator, progress=progress
+            )
+            metrics.update(output, batch)
+            for position, index in enumerate(chunk):
+                if index in wanted:
+                    examples[index] = output.anomaly_map[position, 0].detach().float().cpu().numpy()
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    values, curves = metrics.aggregate()
+    values["seconds_per_image"] = seconds / max(len(indices), 1)
+    settings = describe_inferer(inferer)
+    return MethodResult(
+        name=name, status="ok", noise=settings["noise"], metrics=values, curves=curves, examples=examples,
+        settings=settings,
+    )
+
+
+def evaluate_bundle_method(
+    name: str,
+    dataset: EvaluationSet,
+    indices: Sequence[int],
+    *,
+    bundles_dir: str = "bundles",
+    overrides: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    shared_overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> MethodResult:
+    """Build method ``name`` from its bundle and run :func:`evaluate_method`; never raises for one method's problem.
+
+    Args:
+        name: method name (see :func:`~monai_diffad.evaluate.methods.build_method`).
+        dataset: the labelled set.
+        indices: items to use.
+        bundles_dir: folder holding the bundles.
+        overrides: config overrides of this method (each id must exist in its config).
+        device: device to run on.
+        shared_overrides: overrides given to every method, applied where the config has the id.
+        kwargs: passed to :func:`evaluate_method` (``batch_size``, ``seed``, ``example_indices``, ``progress``).
+
+    Returns:
+        The result; ``status="skipped"`` when the bundle or weights do not exist, ``"failed"`` (with the error in
+        ``reason``, traceback logged) for any other error, so one broken method does not stop a long benchmark.
+    """
+    try:
+        built = build_method(name, bundles_dir, overrides, device, shared_overrides)
+        size = built.image_size
+        if size is not None and dataset.spatial_shape != (size, size):
+            raise ValueError(
+                f"the data is {dataset.spatial_shape[0]}x{dataset.spatial_shape[1]} but the bundle's network expects "
+                f"{size}x{size} (image_size); use the matching dev set (dev_{size}.npz)"
+            )
+        result = evaluate_method(built.inferer, built.network, dataset, indices, name=name, device=device, **kwargs)
+    except MethodUnavailable as e:
+        logger.warning("%s skipped: %s", name, e)
+        settings = {"config_file": method_config_file(name, bundles_dir)}
+        return MethodResult(name=name, status="skipped", reason=str(e), settings=settings)
+    except Exception as e:  # noqa: BLE001 - recorded in the report and the log, the other methods still run
+        logger.error("%s failed:\n%s", name, traceback.format_exc())
+        return MethodResult(name=name, status="failed", reason=_error_summary(e))
+    result.settings = {**built.settings, **result.settings}
+    return result
+
+
+def run_evaluation(
+    methods: Sequence[str],
+    data: str,
+    output_dir: str,
+    *,
+    bundles_dir: str = "bundles",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    batch_size: int = 16,
+    n_examples: int = 4,
+    command: str | None = None,
+    progress: bool = True,
+) -> list[MethodResult]:
+    """Evaluate methods from their bundles on a labelled set and write the report folder.
+
+    Args:
+        methods: method names, in table order.
+        data: ``.npz`` export or ``.json`` datalist of the set (see
+            :func:`~monai_diffad.evaluate.dataset.load_evaluation_set`).
+        output_dir: report folder (see :data:`~monai_diffad.evaluate.report.REPORT_FILES`).
+        bundles_dir: folder holding the bundles.
+        overrides: ``{method: {config id: value}}`` as :func:`~monai_diffad.evaluate.methods.parse_overrides` returns;
+            the ``"all"`` entry goes to every method whose config has the id.
+        limit: use only this many items, taken in turn from each size class; ``None`` for all.
+        seed: noise seed, the same for every method.
+        device: default CUDA when available, else CPU.
+        batch_size: images per ``detect`` call.
+        n_examples: example slices in ``examples.png`` (one per size class in turn: large, medium, small, lesion-free).
+        command: the command line to record; default the running command line.
+        progress: progress bars.
+
+    Returns:
+        One result per method, in the given order.
+    """
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dataset = load_evaluation_set(data)
+    indices = select_items(dataset.size_class, limit)
+    example_indices = select_items(dataset.size_class[indices], n_examples, order=_EXAMPLE_ORDER) if n_examples else []
+    example_indices = [indices[i] for i in example_indices]
+    results = []
+    for name in methods:
+        results.append(
+            evaluate_bundle_method(
+                name, dataset, indices, bundles_dir=bundles_dir, overrides=(overrides or {}).get(name), device=device,
+                shared_overrides=(overrides or {}).get("all"), batch_size=batch_size, seed=seed,
+                example_indices=example_indices, progress=progress,
+            )
+        )
+    metadata = run_metadata(
+        command=command if command is not None else _invocation(),
+        seed=seed,
+        device=device,
+        dataset=dataset,
+        indices=indices,
+        limit=limit,
+        bundles_dir=bundles_dir,
+    )
+    write_report(output_dir, results, metadata, dataset, example_indices)
+    return results
+
+
+def run_bundle_evaluation(
+    bundle_root: str,
+    dataset_dir: str,
+    output_dir: str,
+    limit: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    method: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    batch_size: int = 16,
+) -> list[MethodResult]:
+    """Entry point of a bundle's ``evaluate.json``: evaluates its method as ``python -m monai_diffad.evaluate`` does.
+
+    Args:
+        bundle_root: the bundle folder (its name is the method unless ``method`` is given).
+        dataset_dir: a data file, or a folder holding ``dev_<image_size>.npz``, ``datalist_<image_size>.json`` or
+            ``datalist.json`` (``image_size`` from the bundle's ``inference.json``).
+        output_dir: report folder.
+        limit: use only this many items (``None``: all).
+        seed: noise seed.
+        device: default CUDA when available.
+        method: a method defined by this bundle (e.g. ``"thor_simplex"`` for the THOR bundle).
+        overrides: ``{config id: value}`` for the bundle's ``inference.json``.
+        batch_size: images per ``detect`` call.
+
+    Returns:
+        The result list (one item).
+    """
+    bundle_root = os.path.abspath(bundle_root)
+    method = method or os.path.basename(bundle_root)
+    bundles_dir = os.path.dirname(bundle_root)
+    config_file = method_config_file(method, bundles_dir)
+    resolution = None
+    if os.path.isfile(config_file):
+        parser = ConfigParser()
+        parser.read_config(config_file)
+        resolution = parser.get("image_size")
+    return run_evaluation(
+        [method],
+        resolve_data_path(dataset_dir, resolution if isinstance(resolution, int) else None),
+        output_dir,
+        bundles_dir=bundles_dir,
+        overrides={method: dict(overrides or {})},
+        limit=limit,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+    )

