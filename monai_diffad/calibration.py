@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from monai_diffad.metrics.pooled import as_tensor, as_unit_maps
+
 __all__ = ["healthy_fpr_threshold", "calibrate_bundle", "write_threshold"]
 
 
@@ -41,14 +43,27 @@ def healthy_fpr_threshold(
         The threshold.
 
     Raises:
-        ValueError: ``fpr`` out of range, shapes differ or a mask is empty.
+        TypeError: ``maps`` or ``masks`` is not a tensor or array.
+        ValueError: ``fpr`` or ``num_thresholds`` out of range, maps empty, not finite or outside [0, 1] (a NaN would
+            never count as flagged), shapes differ, or a mask is empty or not finite.
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 1:
+        raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}.")
+    maps = as_unit_maps(maps, "maps")
+    if maps.ndim < 2 or maps.numel() == 0:
+        raise ValueError(f"maps must be a non-empty (N, 1, *spatial) batch, got shape {tuple(maps.shape)}.")
     flat = maps.flatten(1).float()
-    valid = torch.ones_like(flat, dtype=torch.bool) if masks is None else masks.flatten(1) > 0
-    if valid.shape != flat.shape:
-        raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}.")
+    if masks is None:
+        valid = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        masks = as_tensor(masks, "masks")
+        if masks.shape != maps.shape:
+            raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}.")
+        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+            raise ValueError("masks contain NaN or infinite values.")
+        valid = masks.to(flat.device).flatten(1) > 0
     counts = valid.sum(1)
     if (counts == 0).any():
         raise ValueError("a foreground mask is empty; cannot measure its false-positive rate.")

@@ -128,7 +128,10 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        obj: Any = load_file(path)
+        try:
+            obj: Any = load_file(path)
+        except Exception as e:  # SafetensorError, OSError, ...: a truncated or foreign file
+            raise ValueError(f"Cannot read '{path}' as safetensors ({type(e).__name__}: {e}).") from e
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -147,8 +150,8 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
             if wrapper is None:
                 break
             obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"Checkpoint '{path}' does not hold a state dict of tensors.")
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"Checkpoint '{path}' does not hold a (non-empty) state dict of tensors.")
     return dict(obj)
 
 
@@ -196,7 +199,9 @@ def load_diffusion_unet(
         The network in eval mode.
 
     Raises:
-        ValueError: when the checkpoint does not match the architecture (the message lists a few differing keys).
+        FileNotFoundError: the checkpoint does not exist (the message says which file and how to get one).
+        ValueError: the file is not a safe checkpoint, or does not match the architecture (the message lists a few
+            missing, unexpected and differently shaped keys).
     """
     model = diffusion_unet(**unet_kwargs) if model is None else model
     state = load_state_dict_safely(path)
@@ -206,10 +211,13 @@ def load_diffusion_unet(
         else:
             model.load_state_dict(state, strict=strict)
     except (RuntimeError, KeyError, AssertionError) as e:
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state))[:5], sorted(set(state) - expected)[:5]
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
+        # same names, different widths: load_state_dict's first line does not say which tensors
+        resized = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)[:5]
         raise ValueError(
             f"Checkpoint '{os.fspath(path)}' does not match the network architecture "
-            f"(missing e.g. {missing}, unexpected e.g. {unexpected}): {str(e).splitlines()[0]}"
+            f"(missing e.g. {missing}, unexpected e.g. {unexpected}, shape mismatch e.g. {resized}): "
+            f"{str(e).splitlines()[0]}"
         ) from e
     return model.eval()

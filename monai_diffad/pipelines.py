@@ -17,13 +17,13 @@ from monai.transforms import (
     EnsureTyped,
     Invertd,
     Lambdad,
-    LoadImaged,
     Orientationd,
     SaveImaged,
     SplitDimd,
 )
 
 from monai_diffad.transforms import AnomalyMapToLabeld, ForegroundPercentileScaled, InPlaneResized
+from monai_diffad.transforms.io import AtomicNibabelWriter, CheckedLoadImaged
 
 __all__ = ["inference_preprocessing", "inference_postprocessing", "OUTPUT_KEYS"]
 
@@ -52,10 +52,12 @@ def inference_preprocessing(
         image_only: ``LoadImaged``'s option (MONAI Label wants the meta dictionary too).
 
     Returns:
-        A ``Compose`` giving ``(1, H', W')`` or ``(1, H', W', D)`` float32 MetaTensors in [0, 1].
+        A ``Compose`` giving ``(1, H', W')`` or ``(1, H', W', D)`` float32 MetaTensors in [0, 1]. Unusable inputs
+        (unreadable or corrupted files, NaN/inf, empty or constant images) raise ``ValueError`` (wrapped in MONAI's
+        ``RuntimeError`` when the ``Compose`` runs them).
     """
     size = [int(image_size)] * 2 if isinstance(image_size, int) else [int(s) for s in image_size]
-    transforms: list = [LoadImaged(keys=image_key, image_only=image_only), EnsureChannelFirstd(keys=image_key)]
+    transforms: list = [CheckedLoadImaged(keys=image_key, image_only=image_only), EnsureChannelFirstd(keys=image_key)]
     if axcodes is not None:
         transforms.append(Orientationd(keys=image_key, axcodes=axcodes))
     if normalize_intensity:
@@ -78,7 +80,7 @@ def inference_postprocessing(
         preprocessing: the pre-processing whose invertible steps are undone.
         threshold: label threshold on the anomaly map.
         output_dir: when given, save ``<name>_anomaly_map``, ``_pseudo_healthy`` and ``_anomaly_label`` NIfTI files
-            there with the input's geometry.
+            there with the input's geometry, each written atomically (complete or absent).
         high_threshold: optional second label level.
         outputs: the inferer's ``evaluator_outputs`` in stacking order (must include ``"anomaly_map"``).
         image_key: the image's key (inverted too, for overlays).
@@ -104,6 +106,7 @@ def inference_postprocessing(
                 SaveImaged(
                     keys=key, output_dir=output_dir, output_postfix=postfix, output_dtype=dtype,
                     separate_folder=False, resample=False, print_log=False,
+                    writer=AtomicNibabelWriter,  # an interrupted run leaves no half-written file under the final name
                 )
             )
     return Compose(transforms)

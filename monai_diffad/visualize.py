@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from monai_diffad.transforms.io import atomic_path
+
 __all__ = ["representative_slice", "save_overlay_png", "save_panel_png"]
 
 
@@ -44,8 +46,11 @@ def save_panel_png(path: str, panels: Sequence[tuple[str, np.ndarray, str | None
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # complete or absent, even if the run is interrupted
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 

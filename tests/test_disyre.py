@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CountingModel, phantom
+from conftest import phantom
 from monai.bundle import ConfigParser
 from monai.inferers import DiffusionInferer, SimpleInferer
 

@@ -14,6 +14,7 @@ from monai.engines import Evaluator
 from monai.utils import min_version, optional_import
 
 from monai_diffad.maps.scoring import top_fraction_mean
+from monai_diffad.transforms.io import atomic_path
 from monai_diffad.visualize import save_overlay_png
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -39,7 +40,8 @@ class AnomalyResultsWriter:
     """After each iteration, score every output item and draw its overlay; at the end, write the score tables.
 
     Files in ``output_dir``: ``<name>_overlay.png`` per image, ``scores.csv`` and ``scores.json`` (image-level score =
-    mean of the top ``top_fraction`` of the map, the threshold used and the fraction of voxels above it).
+    mean of the top ``top_fraction`` of the map, the threshold used and the fraction of voxels above it), each written
+    atomically (temporary file + ``os.replace``): complete or absent.
 
     Args:
         output_dir: destination folder.
@@ -99,11 +101,12 @@ class AnomalyResultsWriter:
     def completed(self, engine: Evaluator) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         fields = list(dict.fromkeys(k for row in self.rows for k in row))
-        with open(os.path.join(self.output_dir, "scores.csv"), "w", newline="") as f:
+        # each table appears complete or not at all, even if the run is interrupted while writing
+        with atomic_path(os.path.join(self.output_dir, "scores.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
-        with open(os.path.join(self.output_dir, "scores.json"), "w") as f:
+        with atomic_path(os.path.join(self.output_dir, "scores.json")) as tmp, open(tmp, "w") as f:
             json.dump(self.rows, f, indent=2)
         message = f"{len(self.rows)} image(s) processed; results written to {os.path.abspath(self.output_dir)}"
         logger.info(message)

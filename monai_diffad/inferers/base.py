@@ -10,6 +10,7 @@ the scheduler's full timestep list), slice-wise batching of 3D volumes and the i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,7 +84,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         value_range: (low, high) intensity range of the inputs; maps are computed on inputs rescaled to [0, 1].
         model_range: (low, high) range the network was trained on (the references map [0, 1] to [-1, 1]).
         out_of_range: what to do with inputs outside ``value_range`` by more than 5 % of its width:
-            ``"error"`` (default) or ``"clip"``.
+            ``"error"`` (default) or ``"clip"`` (with a ``RuntimeWarning``).
         simplex_normalize: give Simplex noise unit variance (the references do not; raw std is about 0.5).
         max_batch_size: images (or volume slices) processed together; bounds memory for large volumes.
         score_top_fraction: the image-level score is the mean of this top fraction of map values.
@@ -192,13 +193,68 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         u = (x - lo) / (hi - lo)
         tol = 0.05
         if u.min() < -tol or u.max() > 1 + tol:
+            span = f"inputs span [{x.min().item():.4g}, {x.max().item():.4g}], outside value_range={self.value_range}."
             if self.out_of_range == "error":
                 raise ValueError(
-                    f"inputs span [{x.min().item():.4g}, {x.max().item():.4g}], outside value_range={self.value_range}. "
-                    "Normalise intensities first (e.g. monai.transforms.ScaleIntensityRangePercentiles) or set "
+                    f"{span} Normalise intensities first (e.g. monai.transforms.ScaleIntensityRangePercentiles) or set "
                     "out_of_range='clip'."
                 )
+            # clipping far out-of-range inputs is allowed, never silent: the map may then mean little
+            warnings.warn(f"{span} They were clipped (out_of_range='clip').", RuntimeWarning, stacklevel=3)
         return u.clamp(0.0, 1.0)
+
+    @staticmethod
+    def validate_mask(mask: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Check a foreground mask against validated inputs: a finite ``(B, 1, *spatial)`` tensor.
+
+        Raises:
+            TypeError: ``mask`` is not a tensor.
+            ValueError: wrong shape, or NaN/inf values (which would silently count as background).
+        """
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}.")
+        expected = (inputs.shape[0], 1, *inputs.shape[2:])
+        if tuple(mask.shape) != expected:
+            raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}.")
+        if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+            raise ValueError("mask contains NaN or infinite values.")
+        return mask
+
+    def network_input_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """In-plane size of what the network is called on for images of in-plane size ``spatial`` (the images')."""
+        return tuple(spatial)
+
+    def validate_network(self, diffusion_model: torch.nn.Module, inputs: torch.Tensor) -> None:
+        """Check inputs against the network's declared input channels and down-sampling depth, where it declares them.
+
+        MONAI's ``DiffusionModelUNet`` exposes ``in_channels`` and ``block_out_channels`` and halves the size at every
+        level but the last; other modules (wrappers, test doubles) are not checked.
+
+        Raises:
+            ValueError: channel count differs, or the in-plane size is not divisible by ``2 ** (levels - 1)``.
+        """
+        channels = getattr(diffusion_model, "in_channels", None)
+        if isinstance(channels, int) and channels != inputs.shape[1]:
+            raise ValueError(f"inputs have {inputs.shape[1]} channel(s), the network expects {channels}.")
+        levels = getattr(diffusion_model, "block_out_channels", None)
+        if isinstance(levels, Sequence) and len(levels) > 1:
+            factor = 2 ** (len(levels) - 1)
+            size = self.network_input_size(inputs.shape[2:4])
+            if any(s % factor for s in size):
+                raise ValueError(
+                    f"the network sees in-plane size {size}, which must be divisible by {factor} for its "
+                    f"{len(levels)} levels; resize the images (e.g. monai_diffad.transforms.InPlaneResize)."
+                )
+
+    @staticmethod
+    def validate_generator(generator: torch.Generator | None) -> None:
+        """Raises TypeError/ValueError unless ``generator`` is None or a CPU ``torch.Generator``."""
+        if generator is None:
+            return
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        if generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU torch.Generator (noise is drawn on CPU), got {generator.device}")
 
     # ------------------------------------------------------------------ value-range mapping
     def to_model(self, u: torch.Tensor) -> torch.Tensor:
@@ -307,12 +363,16 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             ``value_range`` and ``score`` ``(B,)``.
 
         Raises:
-            ValueError: invalid inputs or mask (see :meth:`validate_inputs`).
+            TypeError: ``inputs``, ``mask`` or ``generator`` of the wrong type.
+            ValueError: invalid inputs, mask, or inputs the network cannot take (see :meth:`validate_inputs`,
+                :meth:`validate_mask`, :meth:`validate_network`).
         """
         u = self.validate_inputs(inputs)
+        if mask is not None:
+            self.validate_mask(mask, u)
+        self.validate_network(diffusion_model, u)
+        self.validate_generator(generator)
         progress = self.progress if progress is None else bool(progress)
-        if mask is not None and (mask.shape[0] != u.shape[0] or mask.shape[2:] != u.shape[2:] or mask.shape[1] != 1):
-            raise ValueError(f"mask must have shape {(u.shape[0], 1, *u.shape[2:])}, got {tuple(mask.shape)}.")
         seeds = self._seeds(u.shape[0], generator)
         if u.ndim == 5:
             if return_intermediates:

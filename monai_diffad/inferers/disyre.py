@@ -187,6 +187,10 @@ class DISYREInferer(DiffusionAnomalyInferer):
             return list(self.timesteps)
         return restoration_timesteps(self.num_train_timesteps, self.step_size)
 
+    def network_input_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Whole images without ``patch_size``; otherwise the windows, whatever the images' size."""
+        return tuple(spatial) if self.patch_size is None else self.patch_size
+
     def alpha(self, t: int) -> float:
         """α_t (paper convention: 0 at t = 0, 1 at t = T)."""
         return float(self.alphas[int(t)])

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.utils import look_up_option
 
-from monai_diffad.maps import PerceptualDistance, gaussian_smooth, structural_dissimilarity_map
+from monai_diffad.maps import PERCEPTUAL_NETS, PerceptualDistance, gaussian_smooth, structural_dissimilarity_map
 
 __all__ = ["PerceptualTerm"]
 
@@ -21,14 +23,18 @@ class PerceptualTerm:
         net: LPIPS backbone name.
         backbone_path: explicit backbone weights file.
         sigma: σ of the Gaussian smoothing applied by :meth:`smoothed`.
+
+    Raises:
+        ValueError: unknown ``kind`` or ``net``, or a negative or non-finite ``sigma``.
     """
 
     def __init__(self, kind: str = "lpips", net: str = "squeeze", backbone_path: str | None = None, sigma: float = 2.0):
         self.kind = look_up_option(kind, ("lpips", "ssim"))
-        self.net = net
+        # checked now, not at the first detection: the module itself is built lazily
+        self.net = look_up_option(net, PERCEPTUAL_NETS)
         self.backbone_path = backbone_path
-        if float(sigma) < 0:
-            raise ValueError(f"perceptual sigma must be >= 0, got {sigma}.")
+        if not math.isfinite(float(sigma)) or float(sigma) < 0:
+            raise ValueError(f"perceptual sigma must be finite and >= 0, got {sigma}.")
         self.sigma = float(sigma)
         self._module: PerceptualDistance | None = None
 

@@ -18,7 +18,7 @@ def check_image_tensor(tensor: torch.Tensor, name: str = "input", require_finite
 
     Raises:
         TypeError: when ``tensor`` is not a floating-point ``torch.Tensor``.
-        ValueError: when it does not have 4 or 5 dimensions, or holds NaN/inf values.
+        ValueError: when it does not have 4 or 5 dimensions, has no elements, or holds NaN/inf values.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
@@ -29,6 +29,8 @@ def check_image_tensor(tensor: torch.Tensor, name: str = "input", require_finite
             f"{name} must have shape (B, C, H, W) or (B, C, H, W, D), got {tuple(tensor.shape)} "
             f"({tensor.ndim} dimensions)."
         )
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}.")
     if require_finite and not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinite values.")
 

@@ -26,14 +26,17 @@ def normalize_by_max(m: torch.Tensor) -> torch.Tensor:
         m: non-negative maps, (B, C, H, W) or (B, C, H, W, D), finite.
 
     Returns:
-        Maps of the same shape with each item's maximum equal to 1 (values in [0, 1] for
-        non-negative input); items whose maximum is <= 0 (e.g. all-zero maps) are returned unchanged.
+        Maps of the same shape in [0, 1], each item's maximum equal to 1; all-zero items are returned
+        unchanged.
 
     Raises:
         TypeError: when ``m`` is not a floating-point tensor.
-        ValueError: for wrong dimensions or non-finite values.
+        ValueError: for wrong dimensions, no elements, negative or non-finite values.
     """
     check_image_tensor(m, "m")
+    # a negative value would end up outside [0, 1] (or flip the map's sign) without notice
+    if bool((m < 0).any()):
+        raise ValueError(f"normalize_by_max needs non-negative maps, got a minimum of {m.min().item():.4g}.")
     flat, stat_shape = _per_image_view(m)
     maximum = flat.amax(dim=1).reshape(stat_shape)
     return m / torch.where(maximum > 0, maximum, torch.ones_like(maximum))

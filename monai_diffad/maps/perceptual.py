@@ -47,6 +47,8 @@ BACKBONE_FILES = {
     "vgg": "vgg16-397923af.pth",
 }
 PERCEPTUAL_NETS = tuple(BACKBONE_FILES)
+# smallest in-plane side each LPIPS trunk's pooling cascade accepts (measured with lpips 0.1.4 / torchvision)
+_LPIPS_MIN_SIDE = {"squeeze": 17, "alex": 31, "vgg": 16}
 PERCEPTUAL_FALLBACKS = ("ssim", "multiscale_ssim", "error")
 _MULTISCALE_LEVELS = 3
 # nets for which the missing-backbone warning was already shown in this process
@@ -137,7 +139,8 @@ class PerceptualDistance(torch.nn.Module):
 
     The module is frozen (always eval mode, no gradients) and follows the device of its inputs.
     3D inputs are processed as a batch of 2D slices along the last axis; grey images are repeated
-    to 3 channels for LPIPS.
+    to 3 channels for LPIPS. On CPU each image's map is bit-identical whatever the batch it comes in; on
+    GPU, LPIPS runs batched and cuDNN may round differently for different batch sizes.
 
     Args:
         net: LPIPS trunk, ``"squeeze"`` (THOR, AutoDDPM), ``"alex"`` or ``"vgg"``.
@@ -237,13 +240,19 @@ class PerceptualDistance(torch.nn.Module):
 
         Raises:
             TypeError: when an input is not a floating-point tensor.
-            ValueError: for wrong dimensions, differing shapes, non-finite values or C not in {1, 3}.
+            ValueError: for wrong dimensions, differing shapes, non-finite values, C not in {1, 3}, or images too
+                small for the LPIPS trunk.
         """
         check_image_tensor(x, "x")
         check_image_tensor(y, "y")
         check_same_shape(x, y)
         if x.shape[1] not in (1, 3):
             raise ValueError(f"PerceptualDistance needs 1 or 3 channels, got {x.shape[1]}.")
+        if self.lpips_model is not None and min(x.shape[2:4]) < _LPIPS_MIN_SIDE[self.net_name]:
+            raise ValueError(
+                f"images of in-plane size {tuple(x.shape[2:4])} are too small for {self.kind} (at least "
+                f"{_LPIPS_MIN_SIDE[self.net_name]} pixels per side); use larger images or the 'ssim' term."
+            )
         low, high = self.input_range
         compute_dtype = torch.promote_types(x.dtype, torch.float32)
         u = (x.to(compute_dtype) - low) / (high - low)
@@ -279,7 +288,11 @@ class PerceptualDistance(torch.nn.Module):
         u, v = u.float().expand(-1, 3, -1, -1), v.float().expand(-1, 3, -1, -1)
         if self.reference_double_mapping:
             u, v = 2.0 * u - 1.0, 2.0 * v - 1.0
-        # lpips was built with spatial=self.spatial: upsampled per-pixel map or its per-layer means
+        # lpips was built with spatial=self.spatial: upsampled per-pixel map or its per-layer means. On CPU, image by
+        # image: oneDNN picks batch-size-dependent convolution kernels, and a map must not depend on its batch-mates
+        # (bit-identical results across batch sizes and chunking); GPUs keep the batched call for speed.
+        if u.device.type == "cpu":
+            return torch.cat([self.lpips_model(u[i : i + 1], v[i : i + 1], normalize=True) for i in range(len(u))])
         return self.lpips_model(u, v, normalize=True)
 
 

@@ -12,6 +12,7 @@ from monai_diffad.transforms.corruption import (
     match_intensity,
 )
 from monai_diffad.transforms.intensity import ForegroundPercentileScale, ForegroundPercentileScaled
+from monai_diffad.transforms.io import AtomicNibabelWriter, CheckedLoadImaged, atomic_path
 from monai_diffad.transforms.labels import ANOMALY_LABELS, AnomalyMapToLabel, AnomalyMapToLabeld
 from monai_diffad.transforms.spatial import InPlaneResize, InPlaneResized
 
@@ -19,6 +20,8 @@ __all__ = [
     "ANOMALY_LABELS",
     "AnomalyMapToLabel",
     "AnomalyMapToLabeld",
+    "AtomicNibabelWriter",
+    "CheckedLoadImaged",
     "ForegroundPercentileScale",
     "ForegroundPercentileScaled",
     "InPlaneResize",
@@ -27,6 +30,7 @@ __all__ = [
     "RandForeignPatchCorruptiond",
     "RandSoftShapeMask",
     "RandSoftShapeMaskd",
+    "atomic_path",
     "interpolate_foreign_patch",
     "match_intensity",
 ]

@@ -358,8 +358,8 @@ class RandForeignPatchCorruption(Randomizable, Transform):
     - a cache of patches cropped from previously seen images (reference: 512), else (first call, empty cache)
     - another location of the same image.
 
-    Every call then crops a patch of the current image into the cache (oldest dropped when full), so a dataset
-    transform feeds itself with foreign patches from the training set. The patch intensities may be adapted
+    Every call without ``foreign`` then crops a patch of the current image into the cache (oldest dropped when full),
+    so a dataset transform feeds itself with foreign patches from the training set. The patch intensities may be adapted
     (``intensity_matching``) and multiplied by a random smooth bias field (``bias_prob``).
 
     Args:
@@ -506,7 +506,8 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         canvas = torch.zeros_like(x)
         canvas[(slice(None), *self.mask_generator.window)] = patch
         canvas = match_intensity(canvas, x, mask[0] > 0, self.intensity_matching)
-        self._push(self.crop_patch(x, p, foreground))
+        if src is None:  # a caller that supplies foreign images (corrupt_batch) does not use the cache
+            self._push(self.crop_patch(x, p, foreground))
         self.mask, self.foreign = mask, canvas
         out = interpolate_foreign_patch(x, canvas, mask, self.alpha)
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]

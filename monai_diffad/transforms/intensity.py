@@ -28,19 +28,29 @@ class ForegroundPercentileScale(Transform):
         threshold: values above it are foreground.
 
     Raises:
-        ValueError: NaN/inf in the image, an empty foreground, or a non-positive percentile value.
+        TypeError: the image is not a tensor or a numeric array.
+        ValueError: NaN/inf in the image, a constant image, an empty foreground, or a non-positive percentile value.
     """
 
     def __init__(self, percentile: float = 99.5, threshold: float = 0.0) -> None:
         if not 0 < percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
+        if not np.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold}.")
         self.percentile = float(percentile)
         self.threshold = float(threshold)
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        if not isinstance(img, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"The image must be a torch.Tensor or numpy.ndarray, got {type(img).__name__}.")
+        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise TypeError(f"The image must hold numbers, got dtype {arr.dtype}.")
         if not np.isfinite(arr).all():
             raise ValueError("The image contains NaN or infinite values.")
+        # a constant image would scale to all ones (or fail below): there is no content to detect anomalies in
+        if arr.size > 0 and arr.min() == arr.max():
+            raise ValueError(f"The image is constant (every value is {arr.flat[0]}): is it empty?")
         foreground = arr > self.threshold
         if not foreground.any():
             raise ValueError(f"The image has no foreground (no value above {self.threshold}): is it empty?")
@@ -49,7 +59,7 @@ class ForegroundPercentileScale(Transform):
 
 
 class ForegroundPercentileScaled(MapTransform):
-    """Dictionary version of :class:`ForegroundPercentileScale`."""
+    """Dictionary version of :class:`ForegroundPercentileScale`; errors name the image's source file when known."""
 
     def __init__(
         self, keys: KeysCollection, percentile: float = 99.5, threshold: float = 0.0, allow_missing_keys: bool = False
@@ -60,5 +70,12 @@ class ForegroundPercentileScaled(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key])
+            try:
+                d[key] = self.scaler(d[key])
+            except ValueError as e:
+                # in a batch run over a folder, "which file?" is the first question
+                source = getattr(d[key], "meta", {}).get("filename_or_obj")
+                if source is None:
+                    raise
+                raise ValueError(f"Image {source}: {e}") from e
         return d

@@ -36,7 +36,17 @@ class AnomalyMapToLabel(Transform):
         self.levels: Sequence[float] = [float(threshold)] + ([] if high_threshold is None else [float(high_threshold)])
 
     def __call__(self, amap: torch.Tensor) -> torch.Tensor:
+        """Args: amap: map of any shape in [0, 1]. Returns: uint8 labels of the same shape (and meta).
+
+        Raises:
+            ValueError: NaN/inf or values outside [0, 1] (a NaN would silently become background).
+        """
         amap = torch.as_tensor(amap)
+        if amap.numel() > 0 and not bool(((amap >= 0) & (amap <= 1)).all()):  # False for NaN too
+            raise ValueError(
+                "AnomalyMapToLabel needs a map in [0, 1] without NaN/inf; got values in "
+                f"[{amap.min().item():.4g}, {amap.max().item():.4g}] (clamp interpolated maps first)."
+            )
         label = torch.zeros_like(amap, dtype=torch.uint8)
         for level in self.levels:
             label += (amap >= level).to(torch.uint8)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Resize, Transform
-from monai.utils import TraceKeys
+from monai.utils import InterpolateMode, TraceKeys, look_up_option
 
 __all__ = ["InPlaneResize", "InPlaneResized"]
 
@@ -25,20 +26,41 @@ class InPlaneResize(InvertibleTransform, Transform):
         spatial_size: target (H, W).
         mode: interpolation mode (``"area"`` for images going down, as the training data; ``"bilinear"``,
             ``"nearest"``, ...).
+
+    Raises:
+        ValueError: ``spatial_size`` is not two positive ints, or ``mode`` is unknown.
     """
 
     def __init__(self, spatial_size: Sequence[int], mode: str = "area") -> None:
         if len(spatial_size) != 2 or any(int(s) < 1 for s in spatial_size):
             raise ValueError(f"spatial_size must be two positive ints (H, W), got {spatial_size!r}.")
+        mode = look_up_option(mode, InterpolateMode)  # Resize would only complain, obscurely, at the first call
         size = (int(spatial_size[0]), int(spatial_size[1]))
         # one persistent Resize per rank so the inverse can find the instance that recorded the operation
         self._resizers = {2: Resize(size, mode=mode), 3: Resize((*size, -1), mode=mode)}
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Args: img: channel-first ``(C, H, W)`` or ``(C, H, W, D)``. Returns: ``(C, *spatial_size[, D])``."""
+        """Resize in-plane.
+
+        Args:
+            img: channel-first ``(C, H, W)`` or ``(C, H, W, D)`` tensor or array, finite.
+
+        Returns:
+            ``(C, *spatial_size[, D])``.
+
+        Raises:
+            TypeError: ``img`` is not a tensor or array.
+            ValueError: wrong rank, no elements, or NaN/inf (interpolation would spread them).
+        """
+        if not isinstance(img, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"InPlaneResize needs a torch.Tensor or numpy.ndarray, got {type(img).__name__}.")
         spatial = img.ndim - 1
         if spatial not in self._resizers:
             raise ValueError(f"InPlaneResize needs a channel-first 2D or 3D image, got shape {tuple(img.shape)}.")
+        if any(s == 0 for s in img.shape):
+            raise ValueError(f"InPlaneResize got an empty image of shape {tuple(img.shape)}.")
+        if not bool(torch.isfinite(torch.as_tensor(img)).all()):
+            raise ValueError("InPlaneResize got an image with NaN or infinite values.")
         return self._resizers[spatial](img)
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from scipy import ndimage
 from lib.infers.params import InvalidInferRequest, Option, parse_options
 from lib.infers.progress import ProgressLoggedNetwork
 from monai_diffad.pipelines import inference_preprocessing
-from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld
+from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, atomic_path
 
 __all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY"]
 
@@ -371,7 +371,8 @@ class AnomalyInferTask(BasicInferTask):
             target_dir = os.path.join(self.map_dir, str(data.get("model", self.method)))
             os.makedirs(target_dir, exist_ok=True)
             target = os.path.join(target_dir, f"{_image_id(str(data['image_path']))}.nii.gz")
-            shutil.copyfile(map_file, target)
+            with atomic_path(target) as tmp:  # a saved map beside the studies is complete or absent
+                shutil.copyfile(map_file, tmp)
             result["map_file"] = target
         if values["output"] == "map":
             return map_file, result
