@@ -17,6 +17,7 @@ from monai_diffad.inferers import (
     AutoDDPMInferer,
     DDPMAnomalyInferer,
     DiffusionAnomalyInferer,
+    DISYREInferer,
     THORInferer,
 )
 from monai_diffad.maps import (
@@ -48,6 +49,7 @@ __all__ = [
     "AutoDDPMInferer",
     "BestDiceMetric",
     "DDPMAnomalyInferer",
+    "DISYREInferer",
     "DiffusionAnomalyInferer",
     "NoiseType",
     "PerceptualDistance",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm", "autoddpm"]
+INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm", "autoddpm", "disyre"]
 DEMO_WEIGHTS = os.path.join(ROOT, "bundles", "ddpm", "models", "model.pt")
 
 
@@ -44,6 +44,8 @@ def test_bundle_parses_in_a_users_script(name, monkeypatch):
     parser["noise_level"] = 4
     if name == "thor":
         parser["harmonization_steps"] = [2]
+    if name == "autoddpm":
+        parser["resample_level"], parser["resample_passes"] = 2, 1
     inferer = parser.get_parsed_content("inferer")
     network = parser.get_parsed_content("network_def")  # random weights: the plumbing is what is tested here
     assert isinstance(inferer, monai_diffad.DiffusionAnomalyInferer)

@@ -22,6 +22,7 @@ from monai_diffad.inferers.disyre_schedule import (
     restoration_update,
     timestep_for_alpha,
 )
+from monai_diffad.networks import load_state_dict_safely
 from monai_diffad.training.disyre import AutocastSimpleInferer, DISYREPrepareBatch, frozen_corruption_items
 from monai_diffad.transforms.corruption import (
     RandForeignPatchCorruption,
@@ -33,6 +34,7 @@ from monai_diffad.transforms.corruption import (
 )
 
 BUNDLE = os.path.join(os.path.dirname(__file__), "..", "bundles", "disyre", "train.json")
+WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "bundles", "disyre", "models", "model.pt")
 
 
 class FixedX0(torch.nn.Module):
@@ -423,3 +425,12 @@ def test_autocast_simple_inferer(tiny_unet):
     assert low.dtype == torch.float32 and torch.allclose(low, reference, atol=0.05)
     with pytest.raises(ValueError, match="float8"):
         AutocastSimpleInferer("float8")
+
+
+@pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason="demo weights not trained yet")
+def test_demo_weights_match_the_demo_network():
+    network = disyre_unet()
+    network.load_state_dict(load_state_dict_safely(WEIGHTS))  # strict: every key and shape must match
+    x = phantom(64)[0]
+    out = DISYREInferer(patch_size=64).detect(x, network.eval())
+    assert out.anomaly_map.shape == (1, 1, 64, 64) and torch.isfinite(out.anomaly_map).all()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from monai_diffad.inferers.autoddpm import AutoDDPMInferer, binary_anomaly_mask, initial_anomaly_map, stitch
 from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.disyre import DISYRE_DEMO_UNET, DISYRE_PAPER_UNET, DISYRE_SCORING, DISYREInferer, disyre_unet
+from monai_diffad.inferers.disyre_schedule import corruption_alphas, disyre_scheduler
 from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
 from monai_diffad.inferers.output import AnomalyOutput
 from monai_diffad.inferers.posterior import posterior_step, predict_original
@@ -18,6 +20,13 @@ __all__ = [
     "stitch",
     "AnomalyOutput",
     "DDPMAnomalyInferer",
+    "DISYREInferer",
+    "DISYRE_DEMO_UNET",
+    "DISYRE_PAPER_UNET",
+    "DISYRE_SCORING",
+    "corruption_alphas",
+    "disyre_scheduler",
+    "disyre_unet",
     "DiffusionAnomalyInferer",
     "SeededNoise",
     "THORInferer",
