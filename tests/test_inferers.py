@@ -170,3 +170,21 @@ def test_step_stride_reduces_calls_and_keeps_quality_on_oracle(scheduler):
     assert out.anomaly_map[mask > 0].mean() > 10 * out.anomaly_map[mask == 0].mean()
     with pytest.raises(ValueError, match="step_stride"):
         DDPMAnomalyInferer(scheduler, step_stride=0)
+
+
+@pytest.mark.parametrize("cls", [DDPMAnomalyInferer, THORInferer])
+def test_bf16_and_channels_last_paths_match_fp32(scheduler, tiny_unet, cls):
+    x, _, _ = phantom(32, batch=2)
+    kwargs = {"noise_level": 6, "perceptual": "ssim"}
+    if cls is THORInferer:
+        kwargs.update(harmonization_steps=(4, 2), record_interval=2)
+    ref = cls(scheduler, **kwargs).detect(x, tiny_unet, generator=_gen())
+    cl = cls(scheduler, channels_last=True, **kwargs).detect(
+        x, tiny_unet.to(memory_format=torch.channels_last), generator=_gen()
+    )
+    assert torch.allclose(cl.pseudo_healthy, ref.pseudo_healthy, atol=1e-5)
+    bf16 = cls(scheduler, precision="bf16", **kwargs).detect(x, tiny_unet, generator=_gen())
+    assert bf16.anomaly_map.dtype == torch.float32
+    assert (bf16.pseudo_healthy - ref.pseudo_healthy).abs().mean() < 0.02
+    with pytest.raises(ValueError, match="fp8"):
+        cls(scheduler, precision="fp8", **kwargs)

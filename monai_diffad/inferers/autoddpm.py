@@ -278,7 +278,7 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
         for t in tqdm(levels, desc=f"{type(self).__name__} re-sampling", disable=not progress, leave=False):
             for k in range(self.resample_passes):
                 known = self.scheduler.add_noise(x_model, noise(shape, t=t - 1), self._timesteps(t - 1, batch, device))
-                model_output = diffusion_model(x_t, timesteps=self._timesteps(t, batch, device))
+                model_output = self.call_network(diffusion_model, x_t, t)
                 x0_hat = predict_original(self.scheduler, model_output, t, x_t)
                 unknown = posterior_step(self.scheduler, x0_hat, x_t, t, t - 1, noise(shape, t=t - 1))
                 x_t = stitch(mask, unknown, known)

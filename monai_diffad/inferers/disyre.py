@@ -224,8 +224,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
         Returns:
             The unclamped x0 prediction in the [0, 1] scale, ``(B, C, H, W)``.
         """
-        steps = torch.as_tensor(t, device=x_t.device).long().reshape(-1).expand(x_t.shape[0])
-        return self.from_model(model(self.to_model(x_t), timesteps=steps))
+        return self.from_model(self.call_network(model, self.to_model(x_t), t))
 
     def training_loss(
         self,
