@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import time
 from collections.abc import Callable
 
@@ -28,15 +27,20 @@ from monai_diffad import DDPMAnomalyInferer, THORInferer
 from monai_diffad.networks import ddpm_scheduler, diffusion_unet, load_diffusion_unet
 
 
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _time(*fns: Callable[[], object], repeats: int) -> list[float]:
+    """Minimum wall time of each of ``fns`` over ``repeats`` interleaved rounds (after one warm-up each).
+
+    Interleaving and the minimum keep a busy machine's slow spells from landing on one side of a comparison.
+    """
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [min(bucket) for bucket in times]
 
 
 def _peak_rss_mb() -> float:
@@ -67,14 +71,16 @@ def main() -> None:
     print(f"torch threads {args.threads}, L={level}, batch {args.batch}, 64x64, perceptual={args.perceptual}")
     ddpm = DDPMAnomalyInferer(scheduler, noise_level=level)
     thor = THORInferer(scheduler, noise_level=level, harmonization_steps=steps, perceptual=args.perceptual)
-    t_ddpm, t_thor = _time(run(ddpm, images), args.repeats), _time(run(thor, images), args.repeats)
+    strided = THORInferer(scheduler, noise_level=level, harmonization_steps=steps, perceptual=args.perceptual,
+                          step_stride=args.stride)
+    t_ddpm, t_thor, t_strided = _time(run(ddpm, images), run(thor, images), run(strided, images), repeats=args.repeats)
     print(f"[harmonization] DDPM {t_ddpm:.2f} s, THOR {t_thor:.2f} s, ratio THOR/DDPM = {t_thor / t_ddpm:.3f}")
 
     volume = torch.rand(1, 1, 64, 64, args.depth)
     one = DDPMAnomalyInferer(scheduler, noise_level=max(level // 5, 1), max_batch_size=1)
     many = DDPMAnomalyInferer(scheduler, noise_level=max(level // 5, 1), max_batch_size=args.batch)
     rss0 = _peak_rss_mb()
-    t_one, t_many = _time(run(one, volume), 1), _time(run(many, volume), 1)
+    t_one, t_many = _time(run(one, volume), run(many, volume), repeats=1)
     rss1 = _peak_rss_mb()
     big = torch.rand(1, 1, 64, 64, args.depth * 4)
     many.detect(big, net, generator=torch.Generator().manual_seed(0))
@@ -85,9 +91,6 @@ def main() -> None:
         f"+{rss2 - rss1:.0f} MB for a 4x deeper volume (outputs: {4 * args.depth * 64 * 64 * 4 * 2 / 2**20:.1f} MB)"
     )
 
-    strided = THORInferer(scheduler, noise_level=level, harmonization_steps=steps, perceptual=args.perceptual,
-                          step_stride=args.stride)
-    t_strided = _time(run(strided, images), args.repeats)
     calls = len(strided.reverse_schedule(level))
     print(f"[strided] THOR stride {args.stride}: {t_strided:.2f} s ({calls} vs {level + 1} network calls), "
           f"speed-up {t_thor / t_strided:.1f}x")

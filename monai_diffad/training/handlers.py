@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from torch.nn import DataParallel
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["EMAHandler", "WeightsExporter", "LossCSVLogger", "attach_progress_bar", "loss_of"]
 
@@ -31,6 +33,9 @@ class EMAHandler:
     weights. The decay warms up as ``min(decay, (1 + n) / (10 + n))`` with ``n`` the engine iteration, so the handler
     has no state of its own and a resumed run (which restores the EMA network and the iteration) continues exactly.
 
+    The trained network is ``engine.network``; a ``DistributedDataParallel`` or ``DataParallel`` wrapper is looked
+    through (its ``state_dict`` keys carry a ``module.`` prefix), so ``ema_network`` is a copy of the plain module.
+
     Args:
         ema_network: a copy of the trained network that receives the average (not trained itself).
         decay: the long-run decay in ``(0, 1)``.
@@ -49,7 +54,10 @@ class EMAHandler:
     def __call__(self, engine: Engine) -> None:
         n = engine.state.iteration
         decay = min(self.decay, (1 + n) / (10 + n))
-        source = engine.network.state_dict()  # type: ignore[attr-defined]
+        network = engine.network  # type: ignore[attr-defined]
+        if isinstance(network, (DataParallel, DistributedDataParallel)):
+            network = network.module
+        source = network.state_dict()
         for name, value in self.ema_network.state_dict().items():
             if value.dtype.is_floating_point:
                 value.lerp_(source[name].to(value.device), 1.0 - decay)
