@@ -78,8 +78,12 @@ def run_metadata(
     indices: Sequence[int],
     limit: int | None,
     bundles_dir: str,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """What a reader needs to reproduce the run: command, seed, versions, commit, date, machine and data."""
+    """What a reader needs to reproduce the run: command, seed, versions, commit, date, machine and data.
+
+    ``processes`` is the number of ``torch.distributed`` ranks that shared the items (``machine.processes``).
+    """
     classes = dataset.size_class[np.asarray(indices, dtype=np.int64)]
     machine = {
         "platform": platform.platform(),
@@ -87,6 +91,7 @@ def run_metadata(
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "processes": int(processes),
     }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)

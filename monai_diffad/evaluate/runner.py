@@ -5,6 +5,8 @@ Per method: best-threshold Dice, AUPRC and AUROC of the brain pixels pooled over
 stratum; the share of lesion-free brain pixels flagged at the best threshold; reconstruction SSIM/MSE/MAE on the
 lesion-free slices; image-level AUROC of the scores (lesion vs lesion-free). Maps are reduced to histograms batch by
 batch (``monai_diffad.metrics``), so memory does not grow with the set; only the maps of a few example slices are kept.
+Under ``torchrun`` (an initialized ``torch.distributed`` process group) the items are split over the ranks and the
+results are identical to a single process (see :mod:`monai_diffad.evaluate.distributed`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from monai.utils import look_up_option
 from tqdm.auto import tqdm
 
 from monai_diffad.evaluate.dataset import EvaluationSet, load_evaluation_set, resolve_data_path, select_items
+from monai_diffad.evaluate.distributed import (
+    all_gather_objects,
+    barrier,
+    process_rank,
+    raise_if_any_rank_failed,
+    split_items,
+)
 from monai_diffad.evaluate.methods import (
     METHOD_LABELS,
     MethodUnavailable,
@@ -43,6 +52,7 @@ from monai_diffad.metrics import (
     AUROCMetric,
     BestDiceMetric,
     ImageAUROCMetric,
+    PooledHistogramMetric,
     ReconstructionMetric,
     StratifiedMetric,
 )
@@ -104,6 +114,34 @@ class MethodMetrics:
             healthy = output.pseudo_healthy.detach().float().cpu()
             self.reconstruction(healthy[lesion_free], batch["image"].cpu()[lesion_free])
         self.image_auroc(output.score.detach().float().cpu(), (~lesion_free).long())
+
+    @staticmethod
+    def item_groups(size_class: np.ndarray) -> list[np.ndarray]:
+        """Items that add rows to the per-image metrics: all (image AUROC) and the lesion-free ones (reconstruction).
+
+        A distributed run gives each rank at least one item of each group: MONAI all-gathers a metric's buffers
+        from every rank, and a rank without rows would skip that collective (see
+        :func:`~monai_diffad.evaluate.distributed.split_items`).
+
+        Args:
+            size_class: (N,) size class of the items, in processing order.
+
+        Returns:
+            Boolean (N,) masks.
+        """
+        size_class = np.asarray(size_class).reshape(-1)
+        return [np.ones(len(size_class), dtype=bool), size_class == 0]
+
+    def add_empty_histograms(self) -> None:
+        """Add an all-zero histogram to every pixel metric, leaving the counts unchanged.
+
+        Before a distributed :meth:`aggregate`: a rank whose items miss a lesion-size stratum then still takes part
+        in MONAI's gathering of that stratum's counts.
+        """
+        for stratified in (self.dice, self.auprc, self.auroc):
+            for metric in stratified.metrics.values():
+                if isinstance(metric, PooledHistogramMetric):
+                    metric.extend(torch.zeros(1, 2, metric.edges.numel() + 1, dtype=torch.int64))
 
     def aggregate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Metrics so far.
@@ -206,8 +244,13 @@ def evaluate_method(
     example_indices: Sequence[int] = (),
     progress: bool = False,
     n_bins: int = 100_000,
+    noise_offset: int = 0,
 ) -> MethodResult:
     """Run one method on items of a set and aggregate its metrics.
+
+    Under an initialized ``torch.distributed`` process group every rank calls it with its own consecutive block of
+    the items (see :func:`~monai_diffad.evaluate.distributed.split_items`) and ``noise_offset`` = the block's start;
+    all ranks return the metrics of the whole set and all example maps.
 
     Args:
         inferer: the method; ``inferer.detect(images, network, mask=brain, generator=g)`` is called per batch.
@@ -221,37 +264,53 @@ def evaluate_method(
         example_indices: items whose anomaly maps are kept for figures.
         progress: show a progress bar over images (and the inferer's own bars over steps).
         n_bins: histogram bins of AUPRC/AUROC.
+        noise_offset: position of ``indices[0]`` in the seeded noise stream (images before it draw their seeds
+            first), so that a block of a set gets the noise a single pass over the whole set gives it.
 
     Returns:
-        A :class:`MethodResult` with status ``"ok"``.
+        A :class:`MethodResult` with status ``"ok"``; ``seconds_per_image`` is wall-clock time over all ranks' images.
 
     Raises:
-        ValueError: ``batch_size`` < 1, or the inferer's own errors (e.g. inputs out of range).
+        ValueError: ``batch_size`` < 1, ``noise_offset`` < 0, or the inferer's own errors (e.g. inputs out of range).
+        RuntimeError: distributed, when another rank failed.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if int(noise_offset) < 0:
+        raise ValueError(f"noise_offset must be >= 0, got {noise_offset}.")
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     if device is None:
         device = next(network.parameters(), torch.empty(0)).device
     generator = torch.Generator().manual_seed(int(seed))
+    # detect() draws one seed per image from the generator: draw those of the images before this block
+    inferer._seeds(int(noise_offset), generator)
     metrics = MethodMetrics(n_bins)
     wanted = set(int(i) for i in example_indices)
     examples: dict[int, np.ndarray] = {}
     start = time.perf_counter()
-    with tqdm(total=len(indices), desc=name, unit="img", disable=not progress) as bar:
-        for chunk in _chunks(indices, int(batch_size)):
-            batch = dataset.batch(chunk, device)
-            output = inferer.detect(
-                batch["image"], network, mask=batch["brain_mask"], generator=generator, progress=progress
-            )
-            metrics.update(output, batch)
-            for position, index in enumerate(chunk):
-                if index in wanted:
-                    examples[index] = output.anomaly_map[position, 0].detach().float().cpu().numpy()
-            bar.update(len(chunk))
+    error: Exception | None = None
+    try:
+        with tqdm(total=len(indices), desc=name, unit="img", disable=not progress) as bar:
+            for chunk in _chunks(indices, int(batch_size)):
+                batch = dataset.batch(chunk, device)
+                output = inferer.detect(
+                    batch["image"], network, mask=batch["brain_mask"], generator=generator, progress=progress
+                )
+                metrics.update(output, batch)
+                for position, index in enumerate(chunk):
+                    if index in wanted:
+                        examples[index] = output.anomaly_map[position, 0].detach().float().cpu().numpy()
+                bar.update(len(chunk))
+    except Exception as e:  # noqa: BLE001 - re-raised below, once every rank knows (no rank is left waiting)
+        error = e
     seconds = time.perf_counter() - start
+    raise_if_any_rank_failed(error)
+    if process_rank()[1] > 1:
+        metrics.add_empty_histograms()
     values, curves = metrics.aggregate()
-    values["seconds_per_image"] = seconds / max(len(indices), 1)
+    parts = all_gather_objects((examples, seconds, len(indices)))
+    examples = {index: amap for part, _, _ in parts for index, amap in part.items()}
+    values["seconds_per_image"] = max(t for _, t, _ in parts) / max(sum(n for _, _, n in parts), 1)
     settings = describe_inferer(inferer)
     return MethodResult(
         name=name, status="ok", noise=settings["noise"], metrics=values, curves=curves, examples=examples,
@@ -323,6 +382,10 @@ def run_evaluation(
 ) -> list[MethodResult]:
     """Evaluate methods from their bundles on a labelled set and write the report folder.
 
+    Under ``torchrun`` (an initialized ``torch.distributed`` process group) every rank calls it: each evaluates one
+    consecutive block of the items on its own device (``device`` ``"cuda"`` is the rank's current CUDA device), the
+    metrics are merged across ranks, and rank 0 writes the report; the results equal a single-process run.
+
     Args:
         methods: method names, in table order.
         data: ``.npz`` export or ``.json`` datalist of the set (see
@@ -337,23 +400,29 @@ def run_evaluation(
         batch_size: images per ``detect`` call.
         n_examples: example slices in ``examples.png`` (one per size class in turn: large, medium, small, lesion-free).
         command: the command line to record; default the running command line.
-        progress: progress bars.
+        progress: progress bars (rank 0's only).
 
     Returns:
-        One result per method, in the given order.
+        One result per method, in the given order (the same on every rank).
+
+    Raises:
+        ValueError: distributed, with fewer items or lesion-free items than processes (see
+            :func:`~monai_diffad.evaluate.distributed.split_items`).
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = load_evaluation_set(data)
     indices = select_items(dataset.size_class, limit)
     example_indices = select_items(dataset.size_class[indices], n_examples, order=_EXAMPLE_ORDER) if n_examples else []
     example_indices = [indices[i] for i in example_indices]
+    rank, world_size = process_rank()
+    start, stop = split_items(len(indices), world_size, MethodMetrics.item_groups(dataset.size_class[indices]))[rank]
     results = []
     for name in methods:
         results.append(
             evaluate_bundle_method(
-                name, dataset, indices, bundles_dir=bundles_dir, overrides=(overrides or {}).get(name), device=device,
-                shared_overrides=(overrides or {}).get("all"), batch_size=batch_size, seed=seed,
-                example_indices=example_indices, progress=progress,
+                name, dataset, indices[start:stop], bundles_dir=bundles_dir, overrides=(overrides or {}).get(name),
+                device=device, shared_overrides=(overrides or {}).get("all"), batch_size=batch_size, seed=seed,
+                example_indices=example_indices, progress=progress and rank == 0, noise_offset=start,
             )
         )
     metadata = run_metadata(
@@ -364,8 +433,11 @@ def run_evaluation(
         indices=indices,
         limit=limit,
         bundles_dir=bundles_dir,
+        processes=world_size,
     )
-    write_report(output_dir, results, metadata, dataset, example_indices)
+    if rank == 0:
+        write_report(output_dir, results, metadata, dataset, example_indices)
+    barrier()  # every rank returns once the report is written
     return results
 
 

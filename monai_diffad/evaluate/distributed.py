@@ -1,0 +1,116 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""Splitting an evaluation over the processes of a ``torch.distributed`` job (``torchrun``, one process per GPU).
+
+Every rank runs the same evaluation code on one consecutive block of the items. Consecutive blocks keep results
+identical to a single process: the noise seeds come one per image from one stream, so a block starting at item ``s``
+skips the first ``s`` seeds and every image gets the noise it gets in a single pass. The metrics are merged by MONAI
+(``Cumulative.get_buffer`` all-gathers the buffers of every rank), which needs every rank to hold a buffer of every
+metric; :func:`split_items` therefore gives each rank at least one item of each group that fills a per-image buffer.
+Without an initialized process group everything here is the single-process case (rank 0 of 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+__all__ = ["all_gather_objects", "barrier", "process_rank", "raise_if_any_rank_failed", "split_items"]
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialized default process group; ``(0, 1)`` when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def split_items(n_items: int, world_size: int, required: Sequence[np.ndarray] = ()) -> list[tuple[int, int]]:
+    """Consecutive blocks ``[start, stop)`` of ``range(n_items)``, one per rank, as equal in size as allowed.
+
+    Args:
+        n_items: number of items (positions ``0 ... n_items - 1``).
+        world_size: number of blocks (processes), >= 1.
+        required: boolean (n_items,) masks of item groups; every block holds at least one item of each group that
+            is not empty (e.g. the lesion-free items, which alone feed the reconstruction metric).
+
+    Returns:
+        ``world_size`` pairs ``(start, stop)``: ``blocks[0][0] == 0``, ``blocks[-1][1] == n_items`` and each block
+        starts where the previous one stops.
+
+    Raises:
+        ValueError: ``world_size`` < 1, a mask of the wrong shape, or (``world_size`` > 1) fewer items than blocks or
+            groups that cannot all be present in every block (e.g. fewer lesion-free items than processes).
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}.")
+    groups = [np.ones(n_items, dtype=bool)]
+    for mask in required:
+        mask = np.asarray(mask)
+        if mask.shape != (n_items,) or mask.dtype != bool:
+            raise ValueError(f"each required group must be a boolean array of shape ({n_items},), got {mask.shape}.")
+        if mask.any():
+            groups.append(mask)
+    if world_size == 1:
+        return [(0, n_items)]
+    positions = [np.flatnonzero(g) for g in groups]
+    for members in positions:
+        if len(members) < world_size:
+            raise ValueError(
+                f"cannot give each of {world_size} processes one of only {len(members)} items of a group (every rank "
+                "needs data for every metric, or the metric gathering stalls); use at most that many processes."
+            )
+    bounds = [0]
+    for rank in range(1, world_size):
+        remaining = world_size - rank
+        # lowest stop: the previous block has one item of every group; highest: the rest still has one per block
+        low = max(int(p[np.searchsorted(p, bounds[-1])]) + 1 for p in positions)
+        high = min(int(p[len(p) - remaining]) for p in positions)
+        if low > high:
+            raise ValueError(f"cannot split the items into {world_size} consecutive blocks holding every group.")
+        bounds.append(min(max(round(rank * n_items / world_size), low), high))
+    bounds.append(n_items)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def raise_if_any_rank_failed(error: BaseException | None) -> None:
+    """Collective failure check: every rank calls it with its own error (or ``None``) before the next collective.
+
+    A rank that fails on its own (an image only it holds, memory on its GPU) would otherwise leave the others waiting
+    in the metric gathering; here all ranks raise instead.
+
+    Args:
+        error: this rank's exception, ``None`` when it succeeded.
+
+    Raises:
+        BaseException: ``error`` itself on the rank that had it.
+        RuntimeError: on the other ranks, naming the first failed rank and its error.
+    """
+    rank, world_size = process_rank()
+    if world_size > 1:
+        messages: list[Any] = [None] * world_size
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+        if error is None:
+            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+            if failed:
+                raise RuntimeError(f"rank {failed[0][0]} of {world_size} failed: {failed[0][1]}")
+    if error is not None:
+        raise error
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """``value`` of every rank in rank order (picklable objects); ``[value]`` without a process group."""
+    _, world_size = process_rank()
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every rank (``torch.distributed.barrier``); nothing without a process group."""
+    if process_rank()[1] > 1:
+        dist.barrier()
