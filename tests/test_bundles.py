@@ -27,7 +27,7 @@ def test_metadata_verifies_offline(name):
         meta_file=os.path.join(ROOT, "bundles", name, "metadata.json"),
         filepath=os.path.join(ROOT, "bundles", "meta_schema.json"),
     )
-    for required in ("LICENSE", "inference.json", os.path.join("docs", "README.md")):
+    for required in ("LICENSE", "inference.json", "evaluate.json", os.path.join("docs", "README.md")):
         assert os.path.isfile(os.path.join(ROOT, "bundles", name, required)), required
 
 
@@ -72,6 +72,12 @@ def _write_inputs(folder: str) -> None:
     nib.save(nib.Nifti1Image(slice2d * 900.0, np.diag([1.2, 1.1, 1.0, 1.0])), os.path.join(folder, "a2d.nii.gz"))
     vol = np.stack([slice2d] * 3, axis=-1)
     nib.save(nib.Nifti1Image(vol, np.diag([1.2, 1.1, 2.0, 1.0])), os.path.join(folder, "b3d.nii.gz"))
+    # the same slice through the ITK reader (NRRD), as a user with a non-NIfTI scan would run it
+    import itk
+
+    nrrd = itk.image_from_array(np.ascontiguousarray(slice2d.T * 900.0))  # ITK arrays are [y, x]
+    nrrd.SetSpacing([1.2, 1.1])
+    itk.imwrite(nrrd, os.path.join(folder, "c2d.nrrd"))
 
 
 @pytest.mark.slow
@@ -88,7 +94,7 @@ def test_thor_bundle_command_writes_results(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "results written to" in proc.stdout
-    for name, shape, zooms in (("a2d", (90, 75), (1.2, 1.1)), ("b3d", (90, 75, 3), (1.2, 1.1, 2.0))):
+    for name, shape, zooms in (("a2d", (90, 75), (1.2, 1.1)), ("b3d", (90, 75, 3), (1.2, 1.1, 2.0)), ("c2d", (90, 75), (1.2, 1.1))):
         for postfix in ("anomaly_map", "pseudo_healthy", "anomaly_label"):
             img = nib.load(os.path.join(out, f"{name}_{postfix}.nii.gz"))
             assert img.shape == shape, (name, postfix, img.shape)
@@ -99,7 +105,7 @@ def test_thor_bundle_command_writes_results(tmp_path):
         assert 0.0 <= amap.min() and amap.max() <= 1.0
         assert os.path.getsize(os.path.join(out, f"{name}_overlay.png")) > 1000
     scores = json.load(open(os.path.join(out, "scores.json")))
-    assert [s["image"] for s in scores] == ["a2d", "b3d"] and all(0 <= s["score"] <= 1 for s in scores)
+    assert [s["image"] for s in scores] == ["a2d", "b3d", "c2d"] and all(0 <= s["score"] <= 1 for s in scores)
 
 
 def test_missing_weights_error_names_the_file(tmp_path):
