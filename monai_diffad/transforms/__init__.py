@@ -14,9 +14,12 @@ from monai_diffad.transforms.corruption import (
 from monai_diffad.transforms.intensity import ForegroundPercentileScale, ForegroundPercentileScaled
 from monai_diffad.transforms.io import AtomicNibabelWriter, CheckedLoadImaged, atomic_path
 from monai_diffad.transforms.labels import ANOMALY_LABELS, AnomalyMapToLabel, AnomalyMapToLabeld
+from monai_diffad.transforms.lesions import RandSyntheticLesion, RandSyntheticLesiond
 from monai_diffad.transforms.spatial import InPlaneResize, InPlaneResized
 
 __all__ = [
+    "RandSyntheticLesion",
+    "RandSyntheticLesiond",
     "ANOMALY_LABELS",
     "AnomalyMapToLabel",
     "AnomalyMapToLabeld",
