@@ -18,29 +18,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
-from collections.abc import Callable
 
 import torch
+from timing import interleaved_min_times
 
 from monai_diffad import DDPMAnomalyInferer, THORInferer
 from monai_diffad.networks import ddpm_scheduler, diffusion_unet, load_diffusion_unet
-
-
-def _time(*fns: Callable[[], object], repeats: int) -> list[float]:
-    """Minimum wall time of each of ``fns`` over ``repeats`` interleaved rounds (after one warm-up each).
-
-    Interleaving and the minimum keep a busy machine's slow spells from landing on one side of a comparison.
-    """
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [min(bucket) for bucket in times]
 
 
 def _peak_rss_mb() -> float:
@@ -73,14 +56,16 @@ def main() -> None:
     thor = THORInferer(scheduler, noise_level=level, harmonization_steps=steps, perceptual=args.perceptual)
     strided = THORInferer(scheduler, noise_level=level, harmonization_steps=steps, perceptual=args.perceptual,
                           step_stride=args.stride)
-    t_ddpm, t_thor, t_strided = _time(run(ddpm, images), run(thor, images), run(strided, images), repeats=args.repeats)
+    t_ddpm, t_thor, t_strided = interleaved_min_times(
+        run(ddpm, images), run(thor, images), run(strided, images), repeats=args.repeats
+    )
     print(f"[harmonization] DDPM {t_ddpm:.2f} s, THOR {t_thor:.2f} s, ratio THOR/DDPM = {t_thor / t_ddpm:.3f}")
 
     volume = torch.rand(1, 1, 64, 64, args.depth)
     one = DDPMAnomalyInferer(scheduler, noise_level=max(level // 5, 1), max_batch_size=1)
     many = DDPMAnomalyInferer(scheduler, noise_level=max(level // 5, 1), max_batch_size=args.batch)
     rss0 = _peak_rss_mb()
-    t_one, t_many = _time(run(one, volume), run(many, volume), repeats=1)
+    t_one, t_many = interleaved_min_times(run(one, volume), run(many, volume), repeats=1)
     rss1 = _peak_rss_mb()
     big = torch.rand(1, 1, 64, 64, args.depth * 4)
     many.detect(big, net, generator=torch.Generator().manual_seed(0))

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 
-__all__ = ["bundle_root", "image_datalist", "IMAGE_SUFFIXES"]
+from monai.utils import look_up_option
+
+from monai_diffad.noise import NoiseType
+
+__all__ = ["bundle_root", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES"]
+
+logger = logging.getLogger(__name__)
 
 #: file types the ITK and NIfTI readers take; DICOM series are given as folders of ``.dcm`` files.
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
@@ -38,6 +45,28 @@ def bundle_root(name: str) -> str:
 
 def _is_dicom_series(path: str) -> bool:
     return os.path.isdir(path) and any(f.lower().endswith(".dcm") for f in os.listdir(path))
+
+
+def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian") -> str:
+    """The shared DDPM weights for a noise type: ``bundles/ddpm/models/model.pt`` (Gaussian) or ``model_simplex.pt``.
+
+    A DDPM restores from the noise it was trained on, so AnoDDPM and THOR-Simplex use the Simplex-trained weights.
+    Where they are not shipped, the Gaussian weights are returned with a warning (the methods then run off their
+    training distribution and detect worse).
+
+    Args:
+        repo_root: the folder that holds ``bundles/``.
+        noise_type: ``"gaussian"`` or ``"simplex"``.
+    """
+    models = os.path.join(repo_root, "bundles", "ddpm", "models")
+    gaussian = os.path.join(models, "model.pt")
+    if look_up_option(noise_type, NoiseType) == NoiseType.GAUSSIAN:
+        return gaussian
+    simplex = os.path.join(models, "model_simplex.pt")
+    if os.path.isfile(simplex):
+        return simplex
+    logger.warning("No Simplex-trained DDPM at %s: using the Gaussian-trained weights %s.", simplex, gaussian)
+    return gaussian
 
 
 def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "test") -> list[dict[str, str]]:

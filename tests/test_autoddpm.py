@@ -222,3 +222,67 @@ def test_training_call_equals_parent(scheduler, tiny_unet):
     ours = _small(scheduler)(x, tiny_unet, noise, timesteps)
     parent = DiffusionInferer(scheduler)(x, tiny_unet, noise, timesteps)
     assert torch.equal(ours, parent)
+
+
+def test_stride_one_is_the_full_schedule(scheduler, tiny_unet):
+    x, _, _ = phantom(32)
+    default = _small(scheduler).detect(x, tiny_unet, generator=_gen(), return_intermediates=True)
+    tiny_unet.calls = 0
+    model = _TimestepRecorder(tiny_unet)
+    explicit = _small(scheduler, step_stride=1).detect(x, model, generator=_gen(), return_intermediates=True)
+    assert tiny_unet.calls == 11 + 4 * 2 and AutoDDPMInferer(scheduler, step_stride=1).num_network_calls == 451
+    assert model.steps == list(range(10, -1, -1)) + [t for t in range(4, 0, -1) for _ in range(2)]
+    for key in ("anomaly_map", "pseudo_healthy"):
+        assert torch.equal(default[key], explicit[key])
+    assert torch.equal(default.intermediates["inpainted"], explicit.intermediates["inpainted"])
+
+
+def test_strided_schedule_in_both_stages(scheduler, tiny_unet):
+    x, _, _ = phantom(32)
+    inferer = _small(scheduler, step_stride=3)
+    model = _TimestepRecorder(tiny_unet)
+    levels = []
+    original = inferer.scheduler.add_noise
+
+    def spy(original_samples, noise, timesteps):
+        levels.append(int(timesteps[0]))
+        return original(original_samples, noise, timesteps)
+
+    inferer.scheduler.add_noise = spy
+    inferer.detect(x, model, generator=_gen())
+    # reconstruction over reverse_schedule(10) = [10, 7, 4, 1, 0]; re-sampling 4 → 1 → 0, K = 2 passes each
+    assert model.steps == [10, 7, 4, 1, 0] + [4, 4, 1, 1]
+    assert tiny_unet.calls == inferer.num_network_calls == 5 + 2 * 2
+    assert levels == [10, 4] + [1, 1, 0, 0]  # the known part is noised to the next visited level
+    # the paper's defaults: (⌈200 / 10⌉ + 1) + ⌈50 / 10⌉ × 5 = 21 + 25 instead of 451
+    assert AutoDDPMInferer(scheduler, step_stride=10).num_network_calls == 46
+    assert AutoDDPMInferer(scheduler, step_stride=7).num_network_calls == 30 + 8 * 5
+
+
+@pytest.mark.parametrize("index", ["t-1", "t"])
+def test_strided_jump_back_is_the_forward_process(scheduler, index):
+    inferer = _small(scheduler, jump_beta_index=index, step_stride=5)
+    t, prev = 12, 7
+    one, zero = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    shift = 1 if index == "t-1" else 0
+    alpha = torch.prod(1 - scheduler.betas[prev + 1 - shift : t + 1 - shift])  # the s single steps composed
+    assert torch.allclose(inferer.jump_back(one, t, zero, prev), alpha.sqrt() * one)
+    assert torch.allclose(inferer.jump_back(zero, t, one, prev), (1 - alpha).sqrt() * one)
+    # with t' = t - 1 it is the single step of the full schedule, bit for bit
+    assert torch.equal(inferer.jump_back(one, t, one, t - 1), inferer.jump_back(one, t, one))
+    if index == "t-1":  # from level 0 the shifted product starts at ᾱ_{-1} = 1
+        assert torch.allclose(inferer.jump_back(one, 5, zero, 0), scheduler.alphas_cumprod[4].sqrt() * one)
+
+
+def test_strided_result_restores_healthy_input_on_oracle(scheduler):
+    x, lesion, healthy = phantom(48, batch=2)
+    model = oracle_for(healthy, scheduler)
+    inferer = _small(scheduler, noise_level=100, resample_level=20, step_stride=10)
+    out = inferer.detect(x, model, generator=_gen(), return_intermediates=True)
+    assert model.calls == inferer.num_network_calls == 11 + 2 * 2
+    assert torch.allclose(out.intermediates["reconstruction"], healthy, atol=1e-3)
+    for b in range(2):
+        m, inside = out.anomaly_map[b], lesion[b] > 0
+        assert m[inside].mean() > 5 * m[~inside].mean()
+        assert out.intermediates["binary_mask"][b][inside].min() == 1.0
+    assert torch.allclose(out.pseudo_healthy, healthy, atol=0.05)

@@ -32,6 +32,34 @@ def test_metadata_verifies_offline(name):
 
 
 @pytest.mark.parametrize("name", INFERENCE_BUNDLES)
+def test_bundle_run_finds_its_logging_conf(name, monkeypatch):
+    """``monai.bundle run`` applies the ``logging.conf`` next to the config (no missing-file warning); copies match."""
+    import logging.config
+
+    from monai.bundle import ConfigWorkflow, workflows
+
+    monkeypatch.chdir(ROOT)
+    applied = []
+    monkeypatch.setattr(workflows, "_apply_logging_file", applied.append)  # keep the test process's logging as is
+    for config in ("inference.json", "evaluate.json"):
+        ConfigWorkflow(config_file=os.path.join("bundles", name, config), workflow_type=None)
+    path = os.path.join("bundles", name, "logging.conf")
+    assert applied == [path, path]
+    with open(path) as f, open(os.path.join("bundles", "thor", "logging.conf")) as ref:
+        assert f.read() == ref.read()
+    workflows._reject_executable_logging_config(path)  # what MONAI checks before fileConfig
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    try:
+        logging.config.fileConfig(path, disable_existing_loggers=False)
+        assert root.level == logging.INFO
+        assert [type(h) for h in root.handlers] == [logging.StreamHandler] and root.handlers[0].stream is sys.stderr
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+
+
+@pytest.mark.parametrize("name", INFERENCE_BUNDLES)
 def test_bundle_parses_in_a_users_script(name, monkeypatch):
     """The README's "reuse in your own pipeline" example, line for line."""
     monkeypatch.chdir(ROOT)

@@ -188,3 +188,33 @@ def test_bf16_and_channels_last_paths_match_fp32(scheduler, tiny_unet, cls):
     assert (bf16.pseudo_healthy - ref.pseudo_healthy).abs().mean() < 0.02
     with pytest.raises(ValueError, match="fp8"):
         cls(scheduler, precision="fp8", **kwargs)
+
+
+def test_compile_mode_matches_eager_and_compiles_once(scheduler, tiny_unet, monkeypatch):
+    # the "eager" backend checks the plumbing (cache, output copy) without paying inductor's C++ build
+    built, real_compile = [], torch.compile
+
+    def fake_compile(model, mode=None):
+        built.append(mode)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x, _, _ = phantom(32, batch=2)
+    kwargs = {"noise_level": 6}
+    ref = DDPMAnomalyInferer(scheduler, **kwargs).detect(x, tiny_unet, generator=_gen())
+    inferer = DDPMAnomalyInferer(scheduler, compile_mode="reduce-overhead", **kwargs)
+    out = inferer.detect(x, tiny_unet, generator=_gen())
+    inferer.detect(x, tiny_unet, generator=_gen())
+    assert built == ["reduce-overhead"]
+    assert torch.allclose(out.pseudo_healthy, ref.pseudo_healthy, atol=1e-6)
+    with pytest.raises(ValueError, match="fastest"):
+        DDPMAnomalyInferer(scheduler, compile_mode="fastest")
+
+
+@pytest.mark.slow
+def test_inductor_compiled_network_matches_eager(scheduler, tiny_unet):
+    x, _, _ = phantom(32, batch=2)
+    kwargs = {"noise_level": 3}
+    ref = DDPMAnomalyInferer(scheduler, **kwargs).detect(x, tiny_unet, generator=_gen())
+    out = DDPMAnomalyInferer(scheduler, compile_mode="default", **kwargs).detect(x, tiny_unet, generator=_gen())
+    assert torch.allclose(out.pseudo_healthy, ref.pseudo_healthy, atol=1e-4)

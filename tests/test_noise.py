@@ -275,3 +275,18 @@ def test_noise_cuda_matches_cpu_draws(noise_type):
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-5, rtol=0)
     cuda_generator = torch.Generator(device="cuda").manual_seed(5)
     assert make_noise(noise_type, shape, generator=cuda_generator).device.type == "cuda"
+
+
+def test_simplex_with_one_generator_per_image_matches_separate_draws():
+    def streams():
+        return [torch.Generator().manual_seed(s) for s in (3, 1, 4)]
+
+    batched = simplex_noise((3, 2, 24, 20), t=[5, 6, 7], generator=streams())
+    separate = torch.cat(
+        [simplex_noise((1, 2, 24, 20), t=t, generator=g) for t, g in zip((5, 6, 7), streams())]
+    )
+    assert torch.equal(batched, separate)
+    with pytest.raises(ValueError, match="B=3"):
+        simplex_noise((3, 1, 8, 8), generator=streams()[:2])
+    with pytest.raises(TypeError, match="one generator"):
+        make_noise("gaussian", (3, 1, 8, 8), generator=streams())

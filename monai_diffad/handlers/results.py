@@ -110,4 +110,5 @@ class AnomalyResultsWriter:
             json.dump(self.rows, f, indent=2)
         message = f"{len(self.rows)} image(s) processed; results written to {os.path.abspath(self.output_dir)}"
         logger.info(message)
-        print(message)
+        if not (logger.isEnabledFor(logging.INFO) and logger.hasHandlers()):
+            print(message)  # logging is not set up (e.g. the Python API): still tell the user where results are

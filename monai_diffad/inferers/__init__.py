@@ -9,7 +9,7 @@ from monai_diffad.inferers.disyre import DISYRE_DEMO_UNET, DISYRE_PAPER_UNET, DI
 from monai_diffad.inferers.disyre_schedule import corruption_alphas, disyre_scheduler
 from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
 from monai_diffad.inferers.output import AnomalyOutput
-from monai_diffad.inferers.posterior import posterior_step, predict_original
+from monai_diffad.inferers.posterior import forward_step, posterior_step, predict_original
 from monai_diffad.inferers.thor import THOR_DEFAULTS, THORInferer, harmonization_mask, harmonize
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "THOR_DEFAULTS",
     "harmonization_mask",
     "harmonize",
+    "forward_step",
     "posterior_step",
     "predict_original",
 ]

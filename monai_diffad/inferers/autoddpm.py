@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
-from monai_diffad.inferers.posterior import posterior_step, predict_original
+from monai_diffad.inferers.posterior import forward_step, posterior_step, predict_original
 from monai_diffad.maps import grey_dilation, per_image_quantile, percentile_normalize, residual_map
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
 MASK_ORDERS = ("binarize_dilate", "dilate_binarize")
 #: what the re-sampling starts from, noised to ``resample_level``: the reconstruction (reference) or the input (paper).
 RESAMPLE_STARTS = ("reconstruction", "input")
-#: β used by the jump back from t - 1 to t: ``betas[t - 1]`` (reference) or ``betas[t]`` (the exact forward step).
+#: β used by the jump back from t - 1 to t: ``betas[t - 1]`` (reference) or ``betas[t]`` (the exact forward step);
+#: with ``step_stride`` s the jump from t − s to t multiplies the s factors ending at that index.
 JUMP_BETA_INDICES = ("t-1", "t")
 
 
@@ -126,7 +127,15 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
     4. Final map: |x − clamp(in-painted, 0, 1)| · c (c continuous and undilated); pseudo-healthy image:
        the clamped in-painted image.
 
-    Network calls per batch: ``L + 1 + R × K`` (:attr:`num_network_calls`), 201 + 50 × 5 = 451 by default. All noise
+    Accelerated schedule (``step_stride`` s > 1): both stages visit the shared :meth:`reverse_schedule` levels
+    (L, L − s, …, 0 and R, R − s, …, 0). Each reconstruction and re-sampling step draws from the exact DDPM posterior
+    between two visited levels t > t' (:func:`~monai_diffad.inferers.posterior.posterior_step`), the known part is x
+    noised to t', and the jump back is the forward process from t' to t
+    (:func:`~monai_diffad.inferers.posterior.forward_step`, 1 − β = ᾱ_t / ᾱ_t' for ``"t"`` and the reference's
+    one-index shift ᾱ_{t−1} / ᾱ_{t'−1}, with ᾱ_{−1} = 1, for ``"t-1"``). s = 1 is the schedule above, bit for bit.
+
+    Network calls per batch: ``(⌈L / s⌉ + 1) + ⌈R / s⌉ × K`` (:attr:`num_network_calls`): with s = 1 (default)
+    ``L + 1 + R × K`` = 201 + 50 × 5 = 451; with s = 10, 21 + 5 × 5 = 46. All noise
     comes from the per-image streams, so a result does not depend on the batch size or on chunking. The
     reference runs the re-sampling loop under autocast; this inferer runs every step in float32. The network's
     value range is the shared ``model_range`` setting (default [−1, 1] as the package's trained networks; the
@@ -152,7 +161,7 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
         lpips_net: LPIPS backbone (``"squeeze"`` as in the reference).
         lpips_backbone_path: explicit backbone weights file.
         kwargs: shared options of :class:`DiffusionAnomalyInferer` (``noise_type``, ``value_range``,
-            ``model_range``, ``max_batch_size``, ...).
+            ``model_range``, ``max_batch_size``, ``step_stride`` for both stages, ...).
 
     Raises:
         ValueError: an option is out of range or unknown.
@@ -209,8 +218,13 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
 
     @property
     def num_network_calls(self) -> int:
-        """Network calls per batch: L + 1 (reconstruction) + R × K (re-sampling)."""
-        return self.noise_level + 1 + self.resample_level * self.resample_passes
+        """Network calls per batch: ⌈L / s⌉ + 1 (reconstruction) + ⌈R / s⌉ × K (re-sampling), s = ``step_stride``.
+
+        With s = 1: L + 1 + R × K.
+        """
+        reconstruction = len(self.reverse_schedule(self.noise_level))
+        resampling = len(self.reverse_schedule(self.resample_level)) - 1  # no call at t = 0
+        return reconstruction + resampling * self.resample_passes
 
     def anomaly_masks(self, inputs: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The continuous map c and the binary in-painting mask B for images in [0, 1].
@@ -232,20 +246,28 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
         )
         return c, mask
 
-    def jump_back(self, x_prev: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """One forward step from level t − 1 back to t: √(1 − β)·x_{t−1} + √β·z (β per ``jump_beta_index``).
+    def jump_back(
+        self, x_prev: torch.Tensor, t: int, noise: torch.Tensor, prev_t: int | None = None
+    ) -> torch.Tensor:
+        """The forward process from level t' = ``prev_t`` back to t: √(1 − β)·x_{t'} + √β·z.
+
+        With t' = t − 1 (default), β = ``betas[t - 1]`` (``jump_beta_index="t-1"``) or ``betas[t]`` (``"t"``). With a
+        stride, 1 − β = ᾱ_t / ᾱ_{t'} (``"t"``, the exact forward process) or ᾱ_{t−1} / ᾱ_{t'−1} (``"t-1"``, the
+        reference's one-index shift; ᾱ_{−1} = 1). Computed by
+        :func:`~monai_diffad.inferers.posterior.forward_step`.
 
         Args:
-            x_prev: the state at level t − 1 (model range).
+            x_prev: the state at level t' (model range).
             t: the level to return to, >= 1.
             noise: z, standard noise of ``x_prev``'s shape.
+            prev_t: t', in [0, t − 1]; ``None`` means t − 1.
 
         Returns:
             The state at level t.
         """
-        index = t - 1 if self.jump_beta_index == "t-1" else t
-        beta = self.scheduler.betas[index].to(device=x_prev.device, dtype=x_prev.dtype)
-        return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+        prev_t = t - 1 if prev_t is None else int(prev_t)
+        shift = 1 if self.jump_beta_index == "t-1" else 0
+        return forward_step(self.scheduler, x_prev, t - shift, prev_t - shift, noise)
 
     @torch.no_grad()
     def resample(
@@ -259,6 +281,9 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
     ) -> torch.Tensor:
         """RePaint-style in-painting of ``mask`` from ``resample_level`` with ``resample_passes`` passes per level.
 
+        The levels are :meth:`reverse_schedule` of R (every ``step_stride``-th level, 0 last); each step goes from one
+        visited level t to the next t' with the DDPM posterior between them, the known part noised to t'.
+
         Args:
             x_model: ``(B, C, H, W)`` inputs in the network's range: the known region.
             start_model: ``(B, C, H, W)`` image noised to R to start from (the reconstruction or the input).
@@ -268,22 +293,26 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
             progress: tqdm bar over the levels.
 
         Returns:
-            The model's t = 1 output inside ``mask`` (network range); outside it the caller keeps x. R × K calls.
+            The model's output of the last step (to level 0) inside ``mask`` (network range); outside it the caller
+            keeps x. ⌈R / s⌉ × K calls.
         """
         shape, batch, device = tuple(x_model.shape[1:]), x_model.shape[0], x_model.device
         level = self.resample_level
         x_t = self.scheduler.add_noise(start_model, noise(shape, t=level), self._timesteps(level, batch, device))
         unknown = x_t
-        levels = range(level, 0, -1)
-        for t in tqdm(levels, desc=f"{type(self).__name__} re-sampling", disable=not progress, leave=False):
+        schedule = self.reverse_schedule(level)
+        steps = list(zip(schedule[:-1], schedule[1:]))  # (t, t'): no call at t = 0
+        for t, prev_t in tqdm(steps, desc=f"{type(self).__name__} re-sampling", disable=not progress, leave=False):
             for k in range(self.resample_passes):
-                known = self.scheduler.add_noise(x_model, noise(shape, t=t - 1), self._timesteps(t - 1, batch, device))
+                known = self.scheduler.add_noise(
+                    x_model, noise(shape, t=prev_t), self._timesteps(prev_t, batch, device)
+                )
                 model_output = self.call_network(diffusion_model, x_t, t)
                 x0_hat = predict_original(self.scheduler, model_output, t, x_t)
-                unknown = posterior_step(self.scheduler, x0_hat, x_t, t, t - 1, noise(shape, t=t - 1))
+                unknown = posterior_step(self.scheduler, x0_hat, x_t, t, prev_t, noise(shape, t=prev_t))
                 x_t = stitch(mask, unknown, known)
                 if k < self.resample_passes - 1:
-                    x_t = self.jump_back(x_t, t, noise(shape, t=t))
+                    x_t = self.jump_back(x_t, t, noise(shape, t=t), prev_t)
         return unknown
 
     def detect_batch(

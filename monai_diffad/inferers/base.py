@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,14 +34,17 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _OUT_OF_RANGE = ("error", "clip")
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _MAX_SEED = 2**62
 
 
 class SeededNoise:
     """Per-image noise streams, so a result does not depend on batch size or on how a volume is split into chunks.
 
-    Each image (or slice) owns a CPU ``torch.Generator`` seeded from an integer; noise is drawn on the CPU and moved to
-    the target device, which also makes CPU and CUDA runs use identical noise.
+    Each image (or slice) owns a CPU ``torch.Generator`` seeded from an integer. Gaussian noise is drawn on the CPU and
+    moved to the target device, so CPU and CUDA runs use identical noise. Simplex noise draws its hash tables from
+    the same generators and evaluates every image's field in one pass on the target device (on CUDA it matches the
+    CPU fields to float rounding).
 
     Args:
         seeds: one integer seed per image in the batch.
@@ -63,10 +67,13 @@ class SeededNoise:
 
     def __call__(self, shape: Sequence[int], t: int = 0) -> torch.Tensor:
         """Noise of shape ``(len(seeds), *shape)``; ``t`` is Simplex noise's third coordinate (ignored for Gaussian)."""
-        parts = [
-            make_noise(self.noise_type, (1, *shape), t=t, generator=g, simplex_kwargs=self.simplex_kwargs)
-            for g in self.generators
-        ]
+        if self.noise_type == NoiseType.SIMPLEX:
+            shape = (len(self.generators), *shape)
+            return make_noise(
+                self.noise_type, shape, t=t, generator=self.generators, device=self.device,
+                simplex_kwargs=self.simplex_kwargs,
+            )  # fmt: skip
+        parts = [make_noise(self.noise_type, (1, *shape), generator=g) for g in self.generators]
         return torch.cat(parts, dim=0).to(self.device)
 
 
@@ -98,6 +105,10 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             maps and the diffusion state stay float32).
         channels_last: feed the network channels-last tensors (convert the network too, with
             ``net.to(memory_format=torch.channels_last)``); helps convolutions on recent GPUs.
+        compile_mode: run the network through ``torch.compile(network, mode=compile_mode)``, compiled once per
+            network and kept while the network lives: ``None`` (default, eager), ``"default"``,
+            ``"reduce-overhead"`` (CUDA graphs: the win for small networks, whose steps are launch-bound),
+            ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``. The first calls pay the compilation.
 
     Raises:
         TypeError: ``scheduler`` is not a ``DDPMScheduler``.
@@ -123,6 +134,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         step_stride: int = 1,
         precision: str = "fp32",
         channels_last: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         if not isinstance(scheduler, DDPMScheduler):
             raise TypeError(
@@ -150,6 +162,8 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         self.step_stride = int(step_stride)
         self.precision = look_up_option(precision, tuple(_AUTOCAST_DTYPES))
         self.channels_last = bool(channels_last)
+        self.compile_mode = look_up_option(compile_mode, _COMPILE_MODES)
+        self._compiled: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ validation helpers
     @property
@@ -289,9 +303,19 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = _AUTOCAST_DTYPES[self.precision]
+        if self.compile_mode is not None:
+            network = self.compiled_network(network)
+            # CUDA-graph replays reuse their output buffers: mark the step and copy the output out of them
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
             out = network(x, timesteps=steps)
-        return out.float().contiguous()
+        return out.float().clone() if self.compile_mode is not None else out.float().contiguous()
+
+    def compiled_network(self, network: torch.nn.Module) -> Callable:
+        """``torch.compile(network, mode=compile_mode)``, built on first use and cached for the network's lifetime."""
+        if network not in self._compiled:
+            self._compiled[network] = torch.compile(network, mode=self.compile_mode)
+        return self._compiled[network]
 
     def reverse_schedule(self, start: int) -> list[int]:
         """Timesteps visited by the reverse loop from ``start`` down to 0 (each is one network call).

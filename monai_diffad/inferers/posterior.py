@@ -3,8 +3,9 @@
 
 MONAI's ``DDPMScheduler.step`` always draws Gaussian noise and only steps from t to t - 1. Partial-noising detectors
 need to inject their own noise (Simplex for AnoDDPM/THOR, per-image seeded streams) and, for accelerated
-schedules, to step from t to any earlier t'. These functions read only the scheduler's public tables, so they
-match ``scheduler.step`` exactly when t' = t - 1 and the same noise is used.
+schedules, to step from t to any earlier t' (and, for RePaint-style re-sampling, forward from t' back to t). These
+functions read only the scheduler's public tables, so they match ``scheduler.step`` exactly when t' = t - 1 and the
+same noise is used.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-__all__ = ["predict_original", "posterior_step"]
+__all__ = ["forward_step", "predict_original", "posterior_step"]
 
 
 def _table(scheduler: DDPMScheduler, name: str, t: int, like: torch.Tensor) -> torch.Tensor:
@@ -95,3 +96,39 @@ def posterior_step(
     else:
         variance = torch.clamp((1 - alpha_prod_prev) / (1 - alpha_prod) * beta, min=1e-20)
     return mean + variance**0.5 * noise
+
+
+def forward_step(
+    scheduler: DDPMScheduler,
+    sample: torch.Tensor,
+    t: int,
+    prev_t: int,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Draw x_t from the forward process q(x_t | x_{t'}) = N(√α·x_{t'}, (1 − α)·I) for any ``-1 <= t' < t``.
+
+    α = ᾱ_t / ᾱ_{t'} (ᾱ_{-1} = 1: ``prev_t = -1`` is the clean image, so this is ``scheduler.add_noise``); with
+    ``prev_t == t - 1`` it is the single step √(1 − β_t)·x_{t−1} + √β_t·z read from the scheduler's ``betas`` table
+    (bit-exact, no cumulative-product ratio).
+
+    Args:
+        scheduler: the DDPM scheduler the model was trained with.
+        sample: x_{t'}.
+        t: target level.
+        prev_t: current level ``t' < t``.
+        noise: standard noise z of ``sample``'s shape.
+
+    Returns:
+        x_t.
+    """
+    if not -1 <= prev_t < t:
+        raise ValueError(f"forward_step needs -1 <= prev_t < t, got t={t}, prev_t={prev_t}.")
+    if prev_t == t - 1:
+        beta = _table(scheduler, "betas", t, sample)
+    else:
+        alpha_prod = _table(scheduler, "alphas_cumprod", t, sample)
+        alpha_prod_prev = (
+            _table(scheduler, "alphas_cumprod", prev_t, sample) if prev_t >= 0 else torch.ones_like(alpha_prod)
+        )
+        beta = 1 - alpha_prod / alpha_prod_prev
+    return (1 - beta).sqrt() * sample + beta.sqrt() * noise

@@ -26,7 +26,7 @@ def make_noise(
     noise_type: str,
     shape: Sequence[int] | torch.Size,
     t: float | Sequence[float] | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device: str | torch.device | None = None,
     simplex_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
@@ -36,7 +36,8 @@ def make_noise(
         noise_type: ``"gaussian"`` or ``"simplex"`` (see :class:`NoiseType`).
         shape: output shape ``(B, C, H, W)`` or ``(B, C, H, W, D)``.
         t: simplex noise's time coordinate (see :func:`simplex_noise`); ignored for Gaussian noise.
-        generator: optional random generator for reproducible draws.
+        generator: optional random generator for reproducible draws; Simplex noise also takes one generator per
+            image (see :func:`simplex_noise`).
         device: output device; ``None`` means the generator's device (CPU without a generator).
         simplex_kwargs: further keyword arguments of :func:`simplex_noise` (``normalize``, ``octaves``,
             ``persistence``, ``frequency``, ``per_image``, ``dtype``); ignored for Gaussian noise so that one
@@ -51,4 +52,6 @@ def make_noise(
     kind = look_up_option(noise_type, NoiseType)
     if kind == NoiseType.SIMPLEX:
         return simplex_noise(shape, t=t, generator=generator, device=device, **dict(simplex_kwargs or {}))
+    if isinstance(generator, Sequence):
+        raise TypeError("Gaussian noise takes one generator; draw per-image streams one image at a time.")
     return gaussian_noise(shape, generator=generator, device=device)

@@ -165,7 +165,7 @@ def _pixel_grid(spatial: Sequence[int], device: torch.device) -> torch.Tensor:
 def simplex_noise(
     shape: Sequence[int] | torch.Size,
     t: float | Sequence[float] | torch.Tensor = 0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device: str | torch.device | None = None,
     normalize: bool = False,
     octaves: int = 6,
@@ -185,7 +185,9 @@ def simplex_noise(
         shape: output shape ``(B, C, H, W)`` or ``(B, C, H, W, D)``.
         t: third (fourth) lattice coordinate, usually the diffusion step: a number, or ``B`` values (sequence or
             tensor) giving each image its own ``t``.
-        generator: optional random generator; tables are drawn on its device.
+        generator: optional random generator; tables are drawn on its device. A sequence of ``B`` generators gives
+            every image its own stream (implies ``per_image``): image ``i`` is the field that a call with shape
+            ``(1, C, ...)`` and ``generator[i]`` alone would return, but all are evaluated in one vectorised pass.
         device: output and compute device; ``None`` means the generator's device (CPU without a generator).
         normalize: rescale each image's field to zero mean and unit variance. The reference does not
             (raw std is about 0.5 at 128x128 with the defaults).
@@ -210,12 +212,21 @@ def simplex_noise(
         raise TypeError(f"dtype must be a floating point dtype, got {dtype}.")
     batch, channels, spatial = shape[0], shape[1], shape[2:]
     times = _time_coordinates(t, batch)
-    draw_device, compute_device = resolve_noise_device(generator, device)
+    streams = list(generator) if isinstance(generator, Sequence) else None
+    if streams is not None and len(streams) != batch:
+        raise ValueError(f"generator must be one generator or B={batch} generators, got {len(streams)}.")
+    draw_device, compute_device = resolve_noise_device(streams[0] if streams else generator, device)
 
     dims = len(spatial) + 1
     gradients = _gradient_set(dims, compute_device)
-    num_tables = batch if per_image else 1
-    permutation, corner_gradients = _draw_tables(num_tables, gradients, generator, draw_device)
+    if streams is not None:
+        num_tables = batch
+        tables = [_draw_tables(1, gradients, g, g.device) for g in streams]
+        permutation = torch.cat([perm for perm, _ in tables])
+        corner_gradients = torch.cat([grads for _, grads in tables], dim=1)
+    else:
+        num_tables = batch if per_image else 1
+        permutation, corner_gradients = _draw_tables(num_tables, gradients, generator, draw_device)
     num_fields = max(num_tables, times.numel())
     table_base = (torch.arange(num_fields, device=compute_device) % num_tables * _TABLE_SIZE).view(-1, 1)
 
@@ -239,7 +250,9 @@ def simplex_noise(
         )
         points = (coordinates.unsqueeze(1) * scales).flatten(1, 2)
         field = _simplex_lattice_noise(points, stacked_table_base, permutation, corner_gradients)
-        noise[:, start : start + block] = torch.einsum("o,onp->np", weights, field.view(octaves, num_fields, -1))
+        # an elementwise octave sum (not einsum) keeps each field independent of how many are evaluated together
+        field = field.view(octaves, num_fields, -1)
+        noise[:, start : start + block] = sum(weights[o] * field[o] for o in range(octaves))
 
     if normalize:
         noise = noise - noise.mean(dim=1, keepdim=True)

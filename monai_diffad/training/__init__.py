@@ -7,7 +7,7 @@ from monai_diffad.training.checkpoints import latest_checkpoint, resume_seed
 from monai_diffad.training.data import fixed_noise_items, load_slice_items
 from monai_diffad.training.inferer import AUTOCAST_DTYPES, AutocastDiffusionInferer
 from monai_diffad.training.handlers import EMAHandler, LossCSVLogger, WeightsExporter, attach_progress_bar
-from monai_diffad.training.prepare_batch import FixedNoisePrepareBatch
+from monai_diffad.training.prepare_batch import FixedNoisePrepareBatch, NoisePrepareBatch
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -15,6 +15,7 @@ __all__ = [
     "EMAHandler",
     "FixedNoisePrepareBatch",
     "LossCSVLogger",
+    "NoisePrepareBatch",
     "WeightsExporter",
     "attach_progress_bar",
     "fixed_noise_items",

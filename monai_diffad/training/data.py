@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from monai.utils import look_up_option
 
 from monai_diffad.data.build import ensure_training_set
+from monai_diffad.noise import make_noise
 
 __all__ = ["load_slice_items", "fixed_noise_items"]
 
@@ -42,6 +44,8 @@ def fixed_noise_items(
     num_train_timesteps: int = 1000,
     copies: int = 2,
     seed: int = 0,
+    noise_type: str = "gaussian",
+    simplex_kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Freeze augmentation, noise and timesteps of validation items so validation losses are comparable over time.
 
@@ -51,6 +55,9 @@ def fixed_noise_items(
         num_train_timesteps: timesteps are drawn uniformly in ``[0, num_train_timesteps)``.
         copies: augmented copies per base item.
         seed: seeds the transform and the noise generator.
+        noise_type: ``"gaussian"`` or ``"simplex"``, as the network is trained with
+            (:class:`monai_diffad.training.NoisePrepareBatch`).
+        simplex_kwargs: options of :func:`monai_diffad.noise.simplex_noise` for Simplex noise.
 
     Returns:
         Items ``{"image": (1, R, R), "noise": (1, R, R), "timesteps": () long}``.
@@ -63,7 +70,7 @@ def fixed_noise_items(
         for item in items:
             image = torch.as_tensor(transform(dict(item))["image"]).float()
             image = image.as_tensor() if hasattr(image, "as_tensor") else image  # drop MetaTensor metadata
-            noise = torch.randn(image.shape, generator=generator)
+            noise = make_noise(noise_type, (1, *image.shape), generator=generator, simplex_kwargs=simplex_kwargs)[0]
             timesteps = torch.randint(0, num_train_timesteps, (), generator=generator)
             out.append({"image": image, "noise": noise, "timesteps": timesteps})
     return out

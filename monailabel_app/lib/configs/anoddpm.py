@@ -11,5 +11,6 @@ __all__ = ["AnoDDPMConfig"]
 class AnoDDPMConfig(AnomalyTaskConfig):
     method = "anoddpm"
     inferer_path = "monai_diffad.inferers.ddpm.AnoDDPMInferer"
+    noise_type = "simplex"
     method_options = (NOISE_LEVEL,)
     summary = "AnoDDPM: Simplex-noise partial diffusion, restore, map the squared residual."

@@ -4,7 +4,8 @@
 A method's config file only names its inferer and its method options; this base turns the app's ``--conf`` values
 into an :class:`~lib.infers.anomaly.AnomalyInferTask`. Server options (``--conf key value``):
 
-- ``checkpoint``: DDPM weights shared by the DDPM-based methods (default ``bundles/ddpm/models/model.pt``).
+- ``checkpoint``: DDPM weights shared by the DDPM-based methods (default ``bundles/ddpm/models/model.pt``, and
+  ``model_simplex.pt`` for the Simplex-noise methods where it is shipped).
 - ``network``: JSON object of :func:`monai_diffad.networks.diffusion_unet` options matching the weights
   (default: the demo network, ``monai_diffad.networks.DEMO_UNET``).
 - ``image_size``: in-plane size the network was trained at, ``64`` or ``64,64`` (default 64).
@@ -28,13 +29,12 @@ from monailabel.utils.others.generic import strtobool
 
 from lib.infers.anomaly import TASK_OPTIONS, AnomalyInferTask
 from lib.infers.params import InvalidInferRequest, Option
+from monai_diffad.bundles import shared_ddpm_checkpoint
 from monai_diffad.networks import DEMO_UNET, ddpm_scheduler, diffusion_unet, load_diffusion_unet
 
 __all__ = ["AnomalyTaskConfig", "NOISE_LEVEL", "read_bundle_defaults"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CHECKPOINT = os.path.join("bundles", "ddpm", "models", "model.pt")
 
 #: the partial-noising level L of the DDPM-based methods; its default is the inferer's (paper) default
 NOISE_LEVEL = Option(
@@ -94,7 +94,9 @@ class AnomalyTaskConfig(TaskConfig):
         summary: one-line description shown in Slicer.
         bundle: bundle folder under ``bundles/`` whose ``inference.json`` provides the calibrated threshold.
         checkpoint_key: ``--conf`` key of the weights file.
-        default_checkpoint: weights file relative to the repository root.
+        default_checkpoint: weights file relative to the repository root; ``None``: the shared DDPM weights trained
+            with ``noise_type`` (:func:`monai_diffad.bundles.shared_ddpm_checkpoint`).
+        noise_type: the noise the method restores from, which picks the shared DDPM weights.
         network_key: ``--conf`` key of the architecture (JSON object).
     """
 
@@ -105,7 +107,8 @@ class AnomalyTaskConfig(TaskConfig):
     summary: str = ""
     bundle: str | None = None
     checkpoint_key: str = "checkpoint"
-    default_checkpoint: str = DEFAULT_CHECKPOINT
+    default_checkpoint: str | None = None
+    noise_type: str = "gaussian"
     network_key: str = "network"
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -125,6 +128,8 @@ class AnomalyTaskConfig(TaskConfig):
         self.repo_root = kwargs["repo_root"]
         self.map_dir = kwargs.get("map_dir")
         checkpoint = conf.get(self.checkpoint_key, self.default_checkpoint)
+        if checkpoint is None:
+            checkpoint = shared_ddpm_checkpoint(self.repo_root, self.noise_type)
         self.checkpoint = checkpoint if os.path.isabs(checkpoint) else os.path.join(self.repo_root, checkpoint)
         sizes = [s for s in str(conf.get("image_size", "64")).split(",") if s.strip()]
         if len(sizes) not in (1, 2) or not all(s.strip().isdigit() and int(s) > 0 for s in sizes):

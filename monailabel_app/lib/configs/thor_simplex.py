@@ -12,6 +12,7 @@ __all__ = ["THORSimplexConfig"]
 class THORSimplexConfig(AnomalyTaskConfig):
     method = "thor_simplex"
     inferer_path = "monai_diffad.inferers.thor.THORInferer"
-    fixed_inferer_kwargs = {"noise_type": "simplex"}
+    noise_type = "simplex"
+    fixed_inferer_kwargs = {"noise_type": noise_type}
     method_options = (NOISE_LEVEL, HARMONIZATION_STEPS)
     summary = "THOR (Simplex noise): diffusion restoration harmonized with the input; map of what was restored."
