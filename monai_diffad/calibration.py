@@ -121,23 +121,26 @@ def calibrate_bundle(
     return {"threshold": threshold, "fpr": fpr, "num_images": int(len(healthy)), "data": data, "bundle": bundle}
 
 
-def write_threshold(bundle_dir: str, result: dict) -> None:
-    """Store a calibration result in ``inference.json`` (``threshold``) and ``metadata.json``
-    (``threshold`` and a ``threshold_calibration`` record)."""
+def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> None:
+    """Store a calibration result in ``inference.json`` (``key``) and ``metadata.json``
+    (``key`` and a ``<key>_calibration`` record).
+
+    ``key`` is ``"threshold"``, or e.g. ``"threshold_simplex"`` for a variant that shares the bundle.
+    """
     config_path = os.path.join(bundle_dir, "inference.json")
     with open(config_path) as f:
         text = f.read()
     # edit the one line so the hand-written layout of the config survives
-    text, count = re.subn(r'("threshold":\s*)[^,\n]+', rf"\g<1>{result['threshold']:.4f}", text, count=1)
+    text, count = re.subn(rf'("{key}":\s*)[^,\n]+', rf"\g<1>{result['threshold']:.4f}", text, count=1)
     if count != 1:
-        raise ValueError(f"'{config_path}' has no top-level \"threshold\" key to update.")
+        raise ValueError(f"'{config_path}' has no top-level \"{key}\" key to update.")
     with open(config_path, "w") as f:
         f.write(text)
     meta_path = os.path.join(bundle_dir, "metadata.json")
     with open(meta_path) as f:
         meta = json.load(f)
-    meta["threshold"] = round(result["threshold"], 4)
-    meta["threshold_calibration"] = (
+    meta[key] = round(result["threshold"], 4)
+    meta[f"{key}_calibration"] = (
         f"lowest of 1000 thresholds with mean share of healthy brain pixels above it <= {result['fpr']:.0%}, on "
         f"{result['num_images']} lesion-free slices of {os.path.basename(result['data'])}"
     )
@@ -162,8 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(json.dumps(result, indent=2))
     if args.write:
-        write_threshold(os.path.join(args.bundles_dir, args.bundle), result)
-        print(f"threshold written to {os.path.join(args.bundles_dir, args.bundle)}/inference.json and metadata.json")
+        from monai_diffad.evaluate.methods import METHOD_VARIANTS
+
+        # a variant (thor_simplex) keeps its threshold in its base bundle, under threshold_<noise type>
+        base, variant = METHOD_VARIANTS.get(args.bundle, (args.bundle, {}))
+        key = f"threshold_{variant['noise_type']}" if "noise_type" in variant else "threshold"
+        write_threshold(os.path.join(args.bundles_dir, base), result, key)
+        print(f"{key} written to {os.path.join(args.bundles_dir, base)}/inference.json and metadata.json")
     return 0
 
 

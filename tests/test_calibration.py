@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from monai_diffad.calibration import healthy_fpr_threshold, write_threshold
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _oracle(maps: np.ndarray, masks: np.ndarray, fpr: float) -> float:
@@ -56,3 +59,30 @@ def test_write_threshold_edits_config_and_metadata(tmp_path):
     assert '"threshold": 0.1235,' in text and '"x": [1, 2]' in text
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert meta["threshold"] == 0.1235 and "5%" in meta["threshold_calibration"]
+
+
+def test_write_threshold_of_a_variant_key(tmp_path):
+    (tmp_path / "inference.json").write_text('{\n    "threshold": 0.5,\n    "threshold_simplex": 0.4,\n    "y": 1\n}\n')
+    (tmp_path / "metadata.json").write_text('{"version": "0.1.0"}')
+    result = {"threshold": 0.25, "fpr": 0.05, "num_images": 3, "data": "dev_64.npz"}
+    write_threshold(str(tmp_path), result, key="threshold_simplex")
+    config = json.loads((tmp_path / "inference.json").read_text())
+    assert config == {"threshold": 0.5, "threshold_simplex": 0.25, "y": 1}
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["threshold_simplex"] == 0.25 and "threshold" not in meta
+    with pytest.raises(ValueError, match="threshold_gaussian"):
+        write_threshold(str(tmp_path), result, key="threshold_gaussian")
+
+
+def test_thor_bundle_uses_the_threshold_of_its_noise_type():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", "thor", "inference.json"))
+    gaussian = parser.get_parsed_content("active_threshold")
+    assert gaussian == parser["threshold"]
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", "thor", "inference.json"))
+    parser["noise_type"] = "simplex"
+    assert parser.get_parsed_content("active_threshold") == parser["threshold_simplex"] != gaussian
+    assert parser.get_parsed_content("checkpoint").endswith("model_simplex.pt")

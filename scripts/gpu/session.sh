@@ -21,7 +21,7 @@ OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/log.txt") 2>&1
 log() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 
-if [ -d .whl ] && ! $PY -c "import monai, ignite, nibabel, lpips" 2>/dev/null; then
+if [ -d .whl ] && ! $PY -c "import monai, ignite, nibabel, lpips, fire" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
 fi

@@ -44,7 +44,9 @@ NOISE_LEVEL = Option(
 )  # fmt: skip
 
 
-def read_bundle_defaults(config_file: str, options: tuple[Option, ...]) -> dict[str, Any]:
+def read_bundle_defaults(
+    config_file: str, options: tuple[Option, ...], keys: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Plain top-level values of a bundle config whose keys are option names (e.g. ``threshold``, ``noise_level``).
 
     Expressions and references (``"$..."``, ``"@..."``, ``"%..."``) and values that fail the option's validation are
@@ -53,6 +55,9 @@ def read_bundle_defaults(config_file: str, options: tuple[Option, ...]) -> dict[
     Args:
         config_file: the bundle's ``inference.json``.
         options: the task's options.
+        keys: ``{option name: config key}``: read only these options, from these keys (a variant that shares a
+            bundle, e.g. THOR-Simplex's ``threshold`` from the THOR bundle's ``threshold_simplex``). ``None``: every
+            option from the key of its own name.
 
     Returns:
         ``{option name: validated value}``; empty when the file does not exist.
@@ -67,13 +72,16 @@ def read_bundle_defaults(config_file: str, options: tuple[Option, ...]) -> dict[
         return {}
     found: dict[str, Any] = {}
     for option in options:
-        value = config.get(option.name) if isinstance(config, Mapping) else None
+        if keys is not None and option.name not in keys:
+            continue
+        key = option.name if keys is None else keys[option.name]
+        value = config.get(key) if isinstance(config, Mapping) else None
         if value is None or (isinstance(value, str) and value[:1] in "$@%"):
             continue
         try:
             found[option.name] = option.parse(value)
         except InvalidInferRequest as e:
-            logger.warning(f"Ignoring '{option.name}' of {config_file}: {e}")
+            logger.warning(f"Ignoring '{key}' of {config_file}: {e}")
     return found
 
 
@@ -93,6 +101,7 @@ class AnomalyTaskConfig(TaskConfig):
         method_options: the method's request options (their targets are inferer keywords).
         summary: one-line description shown in Slicer.
         bundle: bundle folder under ``bundles/`` whose ``inference.json`` provides the calibrated threshold.
+        bundle_keys: ``{option name: config key}`` to read from that bundle instead of every option by its name.
         checkpoint_key: ``--conf`` key of the weights file.
         default_checkpoint: weights file relative to the repository root; ``None``: the shared DDPM weights trained
             with ``noise_type`` (:func:`monai_diffad.bundles.shared_ddpm_checkpoint`).
@@ -106,6 +115,7 @@ class AnomalyTaskConfig(TaskConfig):
     method_options: tuple[Option, ...] = ()
     summary: str = ""
     bundle: str | None = None
+    bundle_keys: Mapping[str, str] | None = None
     checkpoint_key: str = "checkpoint"
     default_checkpoint: str | None = None
     noise_type: str = "gaussian"
@@ -189,7 +199,7 @@ class AnomalyTaskConfig(TaskConfig):
             for o in TASK_OPTIONS + tuple(self.method_options)
         ]
         bundle_file = os.path.join(self.repo_root, "bundles", self.bundle or self.method, "inference.json")
-        from_bundle = read_bundle_defaults(bundle_file, tuple(options))
+        from_bundle = read_bundle_defaults(bundle_file, tuple(options), self.bundle_keys)
         if from_bundle:
             logger.info(f"{self.name}: defaults from {bundle_file}: {from_bundle}")
         options = [o.with_default(from_bundle[o.name]) if o.name in from_bundle else o for o in options]

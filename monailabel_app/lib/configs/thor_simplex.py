@@ -13,6 +13,9 @@ class THORSimplexConfig(AnomalyTaskConfig):
     method = "thor_simplex"
     inferer_path = "monai_diffad.inferers.thor.THORInferer"
     noise_type = "simplex"
+    # the THOR bundle calibrates the Simplex variant separately; its other values are the Gaussian variant's
+    bundle = "thor"
+    bundle_keys = {"threshold": "threshold_simplex"}
     fixed_inferer_kwargs = {"noise_type": noise_type}
     method_options = (NOISE_LEVEL, HARMONIZATION_STEPS)
     summary = "THOR (Simplex noise): diffusion restoration harmonized with the input; map of what was restored."
