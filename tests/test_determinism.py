@@ -119,3 +119,13 @@ def test_lpips_path_is_batch_invariant_on_cpu(net, tmp_path):
         assert inferer.perceptual.description == "lpips-squeeze"
         _assert_identical(reference, thor(max_batch_size=8)[0])
         _assert_identical(reference, thor(max_batch_size=1)[0])
+
+
+def test_draw_image_seeds_skips_images_of_a_stream(scheduler, tiny_unet):
+    x, _, _ = phantom(32, batch=3)
+    inferer = AnoDDPMInferer(scheduler, noise_level=4)
+    whole = inferer.detect(x, tiny_unet, generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    inferer.draw_image_seeds(2, generator)  # what a shard starting at image 2 does
+    tail = inferer.detect(x[2:], tiny_unet, generator=generator)
+    assert torch.equal(tail.anomaly_map, whole.anomaly_map[2:])

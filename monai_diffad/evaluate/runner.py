@@ -283,7 +283,7 @@ def evaluate_method(
         device = next(network.parameters(), torch.empty(0)).device
     generator = torch.Generator().manual_seed(int(seed))
     # detect() draws one seed per image from the generator: draw those of the images before this block
-    inferer._seeds(int(noise_offset), generator)
+    inferer.draw_image_seeds(int(noise_offset), generator)
     metrics = MethodMetrics(n_bins)
     wanted = set(int(i) for i in example_indices)
     examples: dict[int, np.ndarray] = {}

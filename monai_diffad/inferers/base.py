@@ -377,8 +377,13 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         ``pseudo_healthy`` (B,C,H,W) in [0, 1] and optional ``intermediates``. Subclasses implement it."""
         raise NotImplementedError
 
-    def _seeds(self, batch: int, generator: torch.Generator | None) -> list[int]:
-        return torch.randint(_MAX_SEED, (batch,), generator=generator).tolist()
+    def draw_image_seeds(self, count: int, generator: torch.Generator | None) -> list[int]:
+        """The per-image noise seeds :meth:`detect` draws from ``generator``: one per image (or volume), in order.
+
+        Drawing (and discarding) ``count`` seeds skips ``count`` images of a stream, so a shard starting at image
+        ``count`` gets the noise it would get in one pass over the whole set (see :mod:`monai_diffad.evaluate`).
+        """
+        return torch.randint(_MAX_SEED, (int(count),), generator=generator).tolist()
 
     @torch.no_grad()
     def detect(
@@ -419,7 +424,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         self.validate_network(diffusion_model, u)
         self.validate_generator(generator)
         progress = self.progress if progress is None else bool(progress)
-        seeds = self._seeds(u.shape[0], generator)
+        seeds = self.draw_image_seeds(u.shape[0], generator)
         if u.ndim == 5:
             if return_intermediates:
                 raise ValueError("return_intermediates is only supported for 2D inputs.")
