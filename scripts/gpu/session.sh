@@ -8,7 +8,8 @@
 #   SMOKE=1 DEVICE=cpu OUT=/tmp/smoke bash scripts/gpu/session.sh  # the same steps, tiny, on CPU
 #
 # Needs data_cache/train_slices_64.npz and data_cache/dev_64.npz (python -m monai_diffad.data build --what all).
-# Wheels in .whl/ (monai, pytorch-ignite, nibabel, lpips) are installed first where the machine lacks them.
+# Wheels in .whl/ (monai, pytorch-ignite, nibabel, lpips, fire, termcolor) are installed first where the machine
+# lacks them: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl monai==1.6.1 ...
 set -u
 OUT=${OUT:-outputs/gpu_session}
 SMOKE=${SMOKE:-0}
@@ -109,7 +110,7 @@ bench() {  # $1 = name, $2 = timeout, rest = bench_precision.py arguments
 }
 bench demo_precision 50 --networks demo --checkpoint ../bundles/ddpm/models/model.pt \
     --variants fp32,bf16,fp16,bf16+channels_last
-bench paper_precision 50 --networks paper --variants fp32,bf16,fp16,bf16+channels_last
+bench paper_precision 90 --networks paper --variants fp32,bf16,bf16+channels_last --repeats 1  # did not fit 50 s
 bench demo_compile 110 --networks demo --checkpoint ../bundles/ddpm/models/model.pt \
     --variants fp32,fp32+compile,bf16+compile
 log "done"
