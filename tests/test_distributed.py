@@ -64,20 +64,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_bundle(config_files: list[str], overrides: dict[str, str], cwd: Path, processes: int) -> str:
-    """``monai.bundle run`` under torchrun (loopback, gloo) or as one process; asserts exit code 0, returns the output.
+def run_module(module: str, args: list[str], cwd: Path, processes: int) -> str:
+    """``python -m module args`` under torchrun (loopback, gloo) or as one process; asserts exit code 0, returns output.
 
     The job runs in its own session, so a timeout ends torchrun's worker processes too (not only the launcher).
     """
-    launcher = [sys.executable, "-m", "monai.bundle", "run"]
+    launcher = [sys.executable, "-m", module]
     if processes > 1:
         launcher = [
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--nnodes=1",
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "monai.bundle", "run",
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", module,
         ]
-    args = ["--config_file", str(config_files)]
-    for key, value in overrides.items():
-        args += [f"--{key}", value]
     # CPU processes (gloo) even where GPUs exist
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
@@ -94,6 +91,14 @@ def run_bundle(config_files: list[str], overrides: dict[str, str], cwd: Path, pr
     errors = [line for line in output.splitlines() if "Error" in line]
     assert proc.returncode == 0, "\n".join(errors[-20:]) + "\n" + output[-3000:]
     return output
+
+
+def run_bundle(config_files: list[str], overrides: dict[str, str], cwd: Path, processes: int) -> str:
+    """``monai.bundle run --config_file config_files --key value ...`` through :func:`run_module`."""
+    args = ["run", "--config_file", str(config_files)]
+    for key, value in overrides.items():
+        args += [f"--{key}", value]
+    return run_module("monai.bundle", args, cwd, processes)
 
 
 # ---------------------------------------------------------------------------------------------- in-process pieces
@@ -284,7 +289,11 @@ def test_multi_gpu_evaluate_overlay_matches_one_process(tmp_path: Path):
             ["results.md", "results.csv", "results.json", "pr_curves.png", "examples.png"]
         )
         reports[name] = json.loads((tmp_path / name / "results.json").read_text())
-    one, two = reports["one"], reports["two"]
+    assert_same_report(reports["one"], reports["two"])
+
+
+def assert_same_report(one: dict, two: dict) -> None:
+    """Two ``results.json`` of the same evaluation (one and two processes): equal data, metrics and curves."""
     assert one["metadata"]["machine"]["processes"] == 1 and two["metadata"]["machine"]["processes"] == 2
     assert two["metadata"]["data"] == one["metadata"]["data"]
     assert two["metadata"]["data"]["items_used"] == len(CLASSES)
@@ -296,3 +305,21 @@ def test_multi_gpu_evaluate_overlay_matches_one_process(tmp_path: Path):
         k: v for k, v in m1["metrics"].items() if k != seconds
     }
     assert m2["dice_curve"] == m1["dice_curve"]
+
+
+@pytest.mark.slow
+def test_evaluate_command_line_under_torchrun_matches_one_process(tmp_path: Path):
+    """``torchrun -m monai_diffad.evaluate``: the command line joins the job itself; one report, one process's numbers."""
+    write_tiny_thor_bundle(tmp_path)
+    reports = {}
+    for processes, name in ((2, "two"), (1, "one")):
+        args = [
+            "--methods", "thor", "--data", str(tmp_path / "data" / f"dev_{EVAL_SIZE}.npz"), "--out",
+            str(tmp_path / name), "--bundles", str(tmp_path / "bundles"), "--device", "cpu", "--batch-size", "2",
+            "--no-progress",
+        ]
+        output = run_module("monai_diffad.evaluate", args, tmp_path, processes)
+        assert output.count("thor: ok") == 1  # only rank 0 reports
+        reports[name] = json.loads((tmp_path / name / "results.json").read_text())
+    assert reports["two"]["metadata"]["command"].startswith("torchrun --nproc_per_node=2 -m monai_diffad.evaluate")
+    assert_same_report(reports["one"], reports["two"])

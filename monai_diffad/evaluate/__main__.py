@@ -1,6 +1,9 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Command line: ``python -m monai_diffad.evaluate --methods thor,ddpm --data DEV.npz --out docs/results``.
 
+Under ``torchrun --nproc_per_node=N -m monai_diffad.evaluate ...`` the N processes split the items (one GPU each, or
+CPU processes with ``--device cpu``) and the report equals a single process's.
+
 Builds each method from ``<bundles>/<method>/inference.json`` (``thor_simplex``: the THOR bundle with Simplex noise),
 runs it on the labelled set and writes ``results.md``, ``results.csv``, ``results.json``, ``pr_curves.png`` and
 ``examples.png``. Methods whose bundle or weights do not exist yet are listed as skipped. Exit status 1 when a
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from monai_diffad.evaluate.dataset import resolve_data_path
+from monai_diffad.evaluate.distributed import process_group_from_environment
 from monai_diffad.evaluate.methods import DEFAULT_METHODS, parse_overrides
 from monai_diffad.evaluate.runner import run_evaluation
 
@@ -50,20 +54,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    results = run_evaluation(
-        methods,
-        resolve_data_path(args.data),
-        args.out,
-        bundles_dir=args.bundles,
-        overrides=overrides,
-        limit=args.limit,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        n_examples=args.examples,
-        command="python -m monai_diffad.evaluate " + shlex.join(argv),
-        progress=not args.no_progress,
-    )
+    with process_group_from_environment(args.device) as (rank, world_size):
+        launcher = f"torchrun --nproc_per_node={world_size} -m" if world_size > 1 else "python -m"
+        results = run_evaluation(
+            methods,
+            resolve_data_path(args.data),
+            args.out,
+            bundles_dir=args.bundles,
+            overrides=overrides,
+            limit=args.limit,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size,
+            n_examples=args.examples,
+            command=f"{launcher} monai_diffad.evaluate " + shlex.join(argv),
+            progress=not args.no_progress,
+        )
+    if rank > 0:
+        return 1 if any(r.status == "failed" for r in results) else 0
     for r in results:
         print(f"{r.name}: {r.status}" + (f" ({r.reason})" if r.reason else ""))
     print(f"report: {args.out}/results.md")

@@ -11,13 +11,23 @@ Without an initialized process group everything here is the single-process case 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_objects", "barrier", "process_rank", "raise_if_any_rank_failed", "split_items"]
+__all__ = [
+    "all_gather_objects",
+    "barrier",
+    "process_group_from_environment",
+    "process_rank",
+    "raise_if_any_rank_failed",
+    "split_items",
+]
 
 
 def process_rank() -> tuple[int, int]:
@@ -25,6 +35,39 @@ def process_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextmanager
+def process_group_from_environment(device: torch.device | str | None = None) -> Iterator[tuple[int, int]]:
+    """Join the ``torchrun`` job this process was launched in for the duration of the block; yields ``(rank, size)``.
+
+    ``torchrun`` only sets the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): a command
+    line must create the process group itself, or each of its processes would run the whole evaluation. Outside
+    ``torchrun`` (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``), or when a group already exists, it does nothing.
+
+    Args:
+        device: the device the evaluation asks for. CUDA (or ``None`` with CUDA available) uses the ``nccl`` backend
+            and makes ``cuda:LOCAL_RANK`` the current device, so ``"cuda"`` means the rank's own GPU; otherwise
+            ``gloo`` (CPU processes).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or dist.is_initialized():
+        yield process_rank()
+        return
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    try:
+        try:  # ignite (MONAI's metric gathering) creates its own group at first use: a collective for every rank
+            import ignite.distributed as idist
+        except ImportError:
+            pass
+        else:
+            idist.sync()
+        yield process_rank()
+    finally:
+        dist.destroy_process_group()
 
 
 def split_items(n_items: int, world_size: int, required: Sequence[np.ndarray] = ()) -> list[tuple[int, int]]:
