@@ -18,7 +18,7 @@ import torch
 
 from monai_diffad import DDPMAnomalyInferer
 from monai_diffad.evaluate import EvaluationSet, MethodMetrics, evaluate_method
-from monai_diffad.evaluate.distributed import process_rank, split_items
+from monai_diffad.evaluate.distributed import deal_items, process_rank, split_items
 from monai_diffad.networks import ddpm_scheduler, diffusion_unet, load_state_dict_safely
 
 torch.set_num_threads(1)
@@ -136,24 +136,45 @@ def test_no_process_group_is_rank_0_of_1():
     assert process_rank() == (0, 1)
 
 
-def test_noise_offset_gives_each_block_the_single_pass_results():
-    """Per image, a block evaluated with noise_offset = its start equals the same images of one pass over all."""
+def test_noise_positions_give_each_share_the_single_pass_results():
+    """Per image, a share of the items evaluated at their stream positions equals the same images of one pass."""
     dataset = evaluation_set()
     network = tiny_network()
     inferer = DDPMAnomalyInferer(ddpm_scheduler(), noise_level=3, perceptual="ssim")
     everything = list(range(len(dataset)))
-    kwargs = {"batch_size": 3, "seed": 5, "example_indices": everything}
+    kwargs = {"batch_size": 2, "seed": 5, "example_indices": everything}
     whole = evaluate_method(inferer, network, dataset, everything, **kwargs)
-    start = 3
-    block = evaluate_method(inferer, network, dataset, everything[start:], noise_offset=start, **kwargs)
-    unshifted = evaluate_method(inferer, network, dataset, everything[start:], **kwargs)
-    assert sorted(block.examples) == everything[start:]
-    for index in everything[start:]:
-        np.testing.assert_array_equal(block.examples[index], whole.examples[index])
-    # without the offset the block draws the first images' noise: the maps differ
-    assert any(not np.array_equal(unshifted.examples[i], whole.examples[i]) for i in everything[start:])
-    with pytest.raises(ValueError, match="noise_offset"):
-        evaluate_method(inferer, network, dataset, everything, noise_offset=-1)
+    share = [1, 2, 3, 6, 7]  # two runs (a gap after 3), batches [1, 2], [3], [6, 7]
+    dealt = evaluate_method(inferer, network, dataset, share, noise_positions=share, **kwargs)
+    unshifted = evaluate_method(inferer, network, dataset, share, **kwargs)
+    assert sorted(dealt.examples) == share
+    for index in share:
+        np.testing.assert_array_equal(dealt.examples[index], whole.examples[index])
+    # without the positions the share draws the first images' noise: the maps differ
+    assert any(not np.array_equal(unshifted.examples[i], whole.examples[i]) for i in share)
+    for bad in ([0, -1, 2, 3, 4], [0, 1]):
+        with pytest.raises(ValueError, match="noise_positions"):
+            evaluate_method(inferer, network, dataset, share, noise_positions=bad)
+
+
+def test_deal_items_balances_runs_and_keeps_every_group():
+    lesion_free = np.zeros(200, dtype=bool)
+    lesion_free[150:] = True  # the development set's order: lesion slices first
+    assert split_items(200, 2, [lesion_free]) == [(0, 151), (151, 200)]
+    dealt = deal_items(200, 2, [lesion_free], chunk=25)
+    assert [len(d) for d in dealt] == [100, 100]
+    assert dealt[0][:26] == list(range(25)) + [50]
+    assert sorted(dealt[0] + dealt[1]) == list(range(200))
+    assert all(lesion_free[d].any() for d in dealt)
+    # a rank that dealing would leave without a lesion-free item: consecutive blocks instead
+    assert deal_items(200, 2, [lesion_free], chunk=100) == [list(range(151)), list(range(151, 200))]
+    assert deal_items(5, 3, chunk=2) == [[0, 1], [2, 3], [4]]
+    assert deal_items(5, 1, chunk=2) == [list(range(5))]
+    for chunk in (0, 1.5, True):
+        with pytest.raises(ValueError, match="chunk"):
+            deal_items(5, 2, chunk=chunk)
+    with pytest.raises(ValueError, match="processes"):
+        deal_items(4, 2, [np.array([1, 0, 0, 0], dtype=bool)])
 
 
 def test_empty_histograms_leave_the_metrics_unchanged():
@@ -309,13 +330,16 @@ def assert_same_report(one: dict, two: dict) -> None:
 
 @pytest.mark.slow
 def test_evaluate_command_line_under_torchrun_matches_one_process(tmp_path: Path):
-    """``torchrun -m monai_diffad.evaluate``: the command line joins the job itself; one report, one process's numbers."""
+    """``torchrun -m monai_diffad.evaluate``: the command line joins the job itself; one report, one process's numbers.
+
+    Batches of 3 are dealt: rank 0 takes items 0-2 and 6-7, rank 1 items 3-5, each with a lesion-free item.
+    """
     write_tiny_thor_bundle(tmp_path)
     reports = {}
     for processes, name in ((2, "two"), (1, "one")):
         args = [
             "--methods", "thor", "--data", str(tmp_path / "data" / f"dev_{EVAL_SIZE}.npz"), "--out",
-            str(tmp_path / name), "--bundles", str(tmp_path / "bundles"), "--device", "cpu", "--batch-size", "2",
+            str(tmp_path / name), "--bundles", str(tmp_path / "bundles"), "--device", "cpu", "--batch-size", "3",
             "--no-progress",
         ]
         output = run_module("monai_diffad.evaluate", args, tmp_path, processes)

@@ -459,6 +459,10 @@ def test_reconstruction_metric_matches_skimage_and_numpy():
     assert result["mae"] == pytest.approx(np.mean(np.abs(x - y)), rel=1e-5)
     assert result["lpips"] == pytest.approx(result["mae"], rel=1e-6)
     assert metric.get_buffer().shape == (4, 4)
+    reordered = ReconstructionMetric(perceptual=lambda a, b: (a - b).abs())
+    reordered(recon[[3, 1]], image[[3, 1]])
+    reordered(recon[[2, 0]], image[[2, 0]])
+    assert reordered.aggregate() == result  # exactly: the rows of distributed ranks arrive in another order
     metric.reset()
     with pytest.warns(RuntimeWarning):
         assert np.isnan(metric.aggregate()["ssim"])

@@ -1,11 +1,12 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Splitting an evaluation over the processes of a ``torch.distributed`` job (``torchrun``, one process per GPU).
 
-Every rank runs the same evaluation code on one consecutive block of the items. Consecutive blocks keep results
-identical to a single process: the noise seeds come one per image from one stream, so a block starting at item ``s``
-skips the first ``s`` seeds and every image gets the noise it gets in a single pass. The metrics are merged by MONAI
+Every rank runs the same evaluation code on its share of the items: runs of one batch of consecutive items, dealt in
+turn (:func:`deal_items`), or consecutive blocks (:func:`split_items`). Results stay identical to a single process:
+the noise seeds come one per image from one stream, so a run starting at item ``s`` skips the first ``s`` seeds and
+every image gets the noise it gets in a single pass. The metrics are merged by MONAI
 (``Cumulative.get_buffer`` all-gathers the buffers of every rank), which needs every rank to hold a buffer of every
-metric; :func:`split_items` therefore gives each rank at least one item of each group that fills a per-image buffer.
+metric; both splits therefore give each rank at least one item of each group that fills a per-image buffer.
 Without an initialized process group everything here is the single-process case (rank 0 of 1).
 """
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_objects",
     "barrier",
+    "deal_items",
     "process_group_from_environment",
     "process_rank",
     "raise_if_any_rank_failed",
@@ -116,6 +118,39 @@ def split_items(n_items: int, world_size: int, required: Sequence[np.ndarray] = 
         bounds.append(min(max(round(rank * n_items / world_size), low), high))
     bounds.append(n_items)
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def deal_items(
+    n_items: int, world_size: int, required: Sequence[np.ndarray] = (), chunk: int = 1
+) -> list[list[int]]:
+    """Positions of ``range(n_items)`` for each rank: runs of ``chunk`` consecutive items dealt in turn.
+
+    Dealing balances the work when the items are sorted by kind (the development set ends with its lesion-free
+    slices, so consecutive blocks that must each hold a lesion-free item leave the first rank most of the work).
+    When dealing leaves a rank without an item of a required group, the consecutive blocks of :func:`split_items`
+    are used instead.
+
+    Args:
+        n_items: number of items (positions ``0 ... n_items - 1``).
+        world_size: number of ranks, >= 1.
+        required: boolean (n_items,) masks of item groups every rank must hold one of (see :func:`split_items`).
+        chunk: run length, >= 1; the batch size keeps every batch a run of consecutive positions.
+
+    Returns:
+        ``world_size`` ascending position lists that together hold every position once.
+
+    Raises:
+        ValueError: ``chunk`` < 1, or as :func:`split_items`.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}.")
+    blocks = split_items(n_items, world_size, required)  # validates, and is the fallback
+    runs = [range(start, min(start + chunk, n_items)) for start in range(0, n_items, chunk)]
+    dealt = [[p for run in runs[rank::world_size] for p in run] for rank in range(world_size)]
+    groups = [np.ones(n_items, dtype=bool)] + [np.asarray(m) for m in required if np.asarray(m).any()]
+    if all(group[positions].any() for positions in dealt for group in groups):
+        return dealt
+    return [list(range(start, stop)) for start, stop in blocks]
 
 
 def raise_if_any_rank_failed(error: BaseException | None) -> None:

@@ -34,9 +34,9 @@ from monai_diffad.evaluate.dataset import EvaluationSet, load_evaluation_set, re
 from monai_diffad.evaluate.distributed import (
     all_gather_objects,
     barrier,
+    deal_items,
     process_rank,
     raise_if_any_rank_failed,
-    split_items,
 )
 from monai_diffad.evaluate.methods import (
     METHOD_LABELS,
@@ -121,7 +121,7 @@ class MethodMetrics:
 
         A distributed run gives each rank at least one item of each group: MONAI all-gathers a metric's buffers
         from every rank, and a rank without rows would skip that collective (see
-        :func:`~monai_diffad.evaluate.distributed.split_items`).
+        :func:`~monai_diffad.evaluate.distributed.deal_items`).
 
         Args:
             size_class: (N,) size class of the items, in processing order.
@@ -227,8 +227,16 @@ def _error_summary(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _chunks(indices: Sequence[int], size: int) -> list[list[int]]:
-    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+def _batches(positions: Sequence[int], size: int) -> list[list[int]]:
+    """Offsets into ``positions``, in batches of at most ``size`` whose positions are consecutive integers."""
+    batches: list[list[int]] = []
+    for offset, position in enumerate(positions):
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < size and positions[last[-1]] + 1 == position:
+            last.append(offset)
+        else:
+            batches.append([offset])
+    return batches
 
 
 def evaluate_method(
@@ -244,13 +252,13 @@ def evaluate_method(
     example_indices: Sequence[int] = (),
     progress: bool = False,
     n_bins: int = 100_000,
-    noise_offset: int = 0,
+    noise_positions: Sequence[int] | None = None,
 ) -> MethodResult:
     """Run one method on items of a set and aggregate its metrics.
 
-    Under an initialized ``torch.distributed`` process group every rank calls it with its own consecutive block of
-    the items (see :func:`~monai_diffad.evaluate.distributed.split_items`) and ``noise_offset`` = the block's start;
-    all ranks return the metrics of the whole set and all example maps.
+    Under an initialized ``torch.distributed`` process group every rank calls it with its own share of the items
+    (see :func:`~monai_diffad.evaluate.distributed.deal_items`) and their positions in the whole set as
+    ``noise_positions``; all ranks return the metrics of the whole set and all example maps.
 
     Args:
         inferer: the method; ``inferer.detect(images, network, mask=brain, generator=g)`` is called per batch.
@@ -264,26 +272,31 @@ def evaluate_method(
         example_indices: items whose anomaly maps are kept for figures.
         progress: show a progress bar over images (and the inferer's own bars over steps).
         n_bins: histogram bins of AUPRC/AUROC.
-        noise_offset: position of ``indices[0]`` in the seeded noise stream (images before it draw their seeds
-            first), so that a block of a set gets the noise a single pass over the whole set gives it.
+        noise_positions: position of each item of ``indices`` in the seeded noise stream (default ``0, 1, ...``);
+            a batch starting at position ``p`` skips the seeds of the ``p`` images before it, so a share of a set
+            gets the noise a single pass over the whole set gives it. Batches never span a gap in positions.
 
     Returns:
         A :class:`MethodResult` with status ``"ok"``; ``seconds_per_image`` is wall-clock time over all ranks' images.
 
     Raises:
-        ValueError: ``batch_size`` < 1, ``noise_offset`` < 0, or the inferer's own errors (e.g. inputs out of range).
+        ValueError: ``batch_size`` < 1, ``noise_positions`` negative or not one per item, or the inferer's own
+            errors (e.g. inputs out of range).
         RuntimeError: distributed, when another rank failed.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if int(noise_offset) < 0:
-        raise ValueError(f"noise_offset must be >= 0, got {noise_offset}.")
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    positions = list(range(len(indices))) if noise_positions is None else [int(p) for p in noise_positions]
+    if len(positions) != len(indices) or any(p < 0 for p in positions):
+        raise ValueError(
+            f"noise_positions must hold one position >= 0 per item ({len(indices)}), got {len(positions)} values"
+            + (f" with minimum {min(positions)}." if positions else ".")
+        )
     if device is None:
         device = next(network.parameters(), torch.empty(0)).device
-    generator = torch.Generator().manual_seed(int(seed))
-    # detect() draws one seed per image from the generator: draw those of the images before this block
-    inferer.draw_image_seeds(int(noise_offset), generator)
+    generator = torch.Generator()
+    next_position = None
     metrics = MethodMetrics(n_bins)
     wanted = set(int(i) for i in example_indices)
     examples: dict[int, np.ndarray] = {}
@@ -291,7 +304,13 @@ def evaluate_method(
     error: Exception | None = None
     try:
         with tqdm(total=len(indices), desc=name, unit="img", disable=not progress) as bar:
-            for chunk in _chunks(indices, int(batch_size)):
+            for offsets in _batches(positions, int(batch_size)):
+                chunk = [indices[o] for o in offsets]
+                if positions[offsets[0]] != next_position:
+                    # detect() draws one seed per image: skip the seeds of the images before this run
+                    generator.manual_seed(int(seed))
+                    inferer.draw_image_seeds(positions[offsets[0]], generator)
+                next_position = positions[offsets[-1]] + 1
                 batch = dataset.batch(chunk, device)
                 output = inferer.detect(
                     batch["image"], network, mask=batch["brain_mask"], generator=generator, progress=progress
@@ -382,9 +401,10 @@ def run_evaluation(
 ) -> list[MethodResult]:
     """Evaluate methods from their bundles on a labelled set and write the report folder.
 
-    Under ``torchrun`` (an initialized ``torch.distributed`` process group) every rank calls it: each evaluates one
-    consecutive block of the items on its own device (``device`` ``"cuda"`` is the rank's current CUDA device), the
-    metrics are merged across ranks, and rank 0 writes the report; the results equal a single-process run.
+    Under ``torchrun`` (an initialized ``torch.distributed`` process group) every rank calls it: each evaluates its
+    share of the items (batches dealt in turn, :func:`~monai_diffad.evaluate.distributed.deal_items`) on its own
+    device (``device`` ``"cuda"`` is the rank's current CUDA device), the metrics are merged across ranks, and rank 0
+    writes the report; the results equal a single-process run.
 
     Args:
         methods: method names, in table order.
@@ -407,7 +427,7 @@ def run_evaluation(
 
     Raises:
         ValueError: distributed, with fewer items or lesion-free items than processes (see
-            :func:`~monai_diffad.evaluate.distributed.split_items`).
+            :func:`~monai_diffad.evaluate.distributed.deal_items`).
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = load_evaluation_set(data)
@@ -415,14 +435,15 @@ def run_evaluation(
     example_indices = select_items(dataset.size_class[indices], n_examples, order=_EXAMPLE_ORDER) if n_examples else []
     example_indices = [indices[i] for i in example_indices]
     rank, world_size = process_rank()
-    start, stop = split_items(len(indices), world_size, MethodMetrics.item_groups(dataset.size_class[indices]))[rank]
+    groups = MethodMetrics.item_groups(dataset.size_class[indices])
+    positions = deal_items(len(indices), world_size, groups, chunk=int(batch_size))[rank]
     results = []
     for name in methods:
         results.append(
             evaluate_bundle_method(
-                name, dataset, indices[start:stop], bundles_dir=bundles_dir, overrides=(overrides or {}).get(name),
+                name, dataset, [indices[p] for p in positions], bundles_dir=bundles_dir, overrides=(overrides or {}).get(name),
                 device=device, shared_overrides=(overrides or {}).get("all"), batch_size=batch_size, seed=seed,
-                example_indices=example_indices, progress=progress and rank == 0, noise_offset=start,
+                example_indices=example_indices, progress=progress and rank == 0, noise_positions=positions,
             )
         )
     metadata = run_metadata(

@@ -111,4 +111,5 @@ class ReconstructionMetric(CumulativeIterationMetric):
         if values is None:
             warnings.warn("ReconstructionMetric has seen no image; returning nan.", RuntimeWarning, 2)
             return {name: float("nan") for name in self.names}
-        return dict(zip(self.names, values.double().mean(dim=0).tolist()))
+        # sorted: the mean does not depend on the order of the rows (ranks of a distributed run append theirs in turn)
+        return dict(zip(self.names, values.double().sort(dim=0).values.mean(dim=0).tolist()))
