@@ -47,22 +47,33 @@ def _is_dicom_series(path: str) -> bool:
     return os.path.isdir(path) and any(f.lower().endswith(".dcm") for f in os.listdir(path))
 
 
-def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian") -> str:
-    """The shared DDPM weights for a noise type: ``bundles/ddpm/models/model.pt`` (Gaussian) or ``model_simplex.pt``.
+def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian", network: str = "demo") -> str:
+    """The shared DDPM weights for a noise type and network, from ``bundles/ddpm/models/``.
+
+    - ``network="demo"`` (shipped, 64x64): ``model.pt`` (Gaussian) or ``model_simplex.pt``.
+    - ``network="paper"`` (the reference network at 128x128, trained with ``bundles/ddpm/train_paper.json``; not
+      shipped): ``model_paper.pt`` or ``model_paper_simplex.pt``.
 
     A DDPM restores from the noise it was trained on, so AnoDDPM and THOR-Simplex use the Simplex-trained weights.
-    Where they are not shipped, the Gaussian weights are returned with a warning (the methods then run off their
-    training distribution and detect worse).
+    Where they do not exist, the Gaussian weights of the same network are returned with a warning (the methods then
+    run off their training distribution and detect worse).
 
     Args:
         repo_root: the folder that holds ``bundles/``.
         noise_type: ``"gaussian"`` or ``"simplex"``.
+        network: ``"demo"`` or ``"paper"``.
+
+    Raises:
+        ValueError: an unknown noise type or network.
     """
+    if network not in ("demo", "paper"):
+        raise ValueError(f"network must be 'demo' or 'paper', got {network!r}.")
     models = os.path.join(repo_root, "bundles", "ddpm", "models")
-    gaussian = os.path.join(models, "model.pt")
+    stem = "model" if network == "demo" else "model_paper"
+    gaussian = os.path.join(models, f"{stem}.pt")
     if look_up_option(noise_type, NoiseType) == NoiseType.GAUSSIAN:
         return gaussian
-    simplex = os.path.join(models, "model_simplex.pt")
+    simplex = os.path.join(models, f"{stem}_simplex.pt")
     if os.path.isfile(simplex):
         return simplex
     logger.warning("No Simplex-trained DDPM at %s: using the Gaussian-trained weights %s.", simplex, gaussian)

@@ -85,6 +85,7 @@ def calibrate_bundle(
     device: str | None = None,
     overrides: dict | None = None,
     bundles_dir: str = "bundles",
+    overlays: Sequence[str] = (),
 ) -> dict:
     """Run a bundle's method on the lesion-free items of an evaluation set and calibrate its threshold.
 
@@ -98,13 +99,14 @@ def calibrate_bundle(
         device: computation device.
         overrides: bundle config overrides.
         bundles_dir: folder holding the bundles.
+        overlays: config files merged over the bundle's (see :func:`monai_diffad.evaluate.build_method`).
 
     Returns:
         ``{"threshold", "fpr", "num_images", "data", "bundle"}``.
     """
     from monai_diffad.evaluate import build_method, load_evaluation_set
 
-    method = build_method(bundle, bundles_dir, overrides=overrides or {}, device=device)
+    method = build_method(bundle, bundles_dir, overrides=overrides or {}, device=device, overlays=overlays)
     dataset = load_evaluation_set(data)
     healthy = np.flatnonzero(dataset.size_class == 0)[: limit or None]
     if len(healthy) == 0:
@@ -158,10 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--bundles_dir", default="bundles")
+    parser.add_argument("--overlay", action="append", default=[], metavar="FILE", help="config merged over the bundle's")
     parser.add_argument("--write", action="store_true", help="store the threshold in the bundle")
     args = parser.parse_args(argv)
+    if args.write and args.overlay:
+        parser.error("--write stores the bundle's own threshold; with --overlay, put the printed value in your config.")
     result = calibrate_bundle(
-        args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, bundles_dir=args.bundles_dir
+        args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, bundles_dir=args.bundles_dir,
+        overlays=args.overlay,
     )
     print(json.dumps(result, indent=2))
     if args.write:

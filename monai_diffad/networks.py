@@ -121,9 +121,12 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
+        # the paper-size weights (model_paper*.pt) come from the train_paper.json overlay
+        paper = "paper" in os.path.basename(path)
+        configs = "bundles/ddpm/train.json" + (",bundles/ddpm/train_paper.json" if paper else "")
         raise FileNotFoundError(
-            f"Checkpoint not found: '{path}'. Train one with 'python -m monai.bundle run --config_file "
-            "bundles/ddpm/train.json' or pass the path of an existing checkpoint."
+            f"Checkpoint not found: '{path}'. Train one with 'python -m monai.bundle run --config_file {configs}' "
+            "or pass the path of an existing checkpoint."
         )
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file

@@ -17,6 +17,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm", "autoddpm", "disyre"]
 DEMO_WEIGHTS = os.path.join(ROOT, "bundles", "ddpm", "models", "model.pt")
+PAPER_OVERLAY = "bundles/ddpm/inference_paper.json"
 
 
 @pytest.mark.parametrize("name", INFERENCE_BUNDLES)
@@ -162,3 +163,52 @@ def test_documented_reuse_example(monkeypatch):
     inferer = parser.get_parsed_content("inferer")
     out = inferer.detect(torch.rand(2, 1, 64, 64), network)
     assert out.anomaly_map.shape == (2, 1, 64, 64) and out.score.shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["thor", "ddpm", "anoddpm", "autoddpm"])
+def test_paper_overlay_builds_the_network_train_paper_trains(name, monkeypatch):
+    """inference_paper.json over a DDPM bundle: train_paper.json's network and resolution, the paper weights file."""
+    monkeypatch.chdir(ROOT)
+    from monai.bundle import ConfigParser
+
+    inference = ConfigParser(ConfigParser.load_config_files([f"bundles/{name}/inference.json", PAPER_OVERLAY]))
+    train = ConfigParser(ConfigParser.load_config_files(["bundles/ddpm/train.json", "bundles/ddpm/train_paper.json"]))
+    assert inference.get("network_def") == train.get("network_def")
+    assert inference.get("image_size") == train.get("resolution") == 128
+    network = inference.get_parsed_content("network_def")
+    assert sum(p.numel() for p in network.parameters()) == pytest.approx(18.04e6, rel=1e-3)
+    stem = "model_paper_simplex.pt" if name == "anoddpm" else "model_paper.pt"
+    checkpoint = inference.get_parsed_content("checkpoint")
+    # no Simplex-trained paper network: AnoDDPM falls back to the Gaussian paper weights (with a warning)
+    assert os.path.basename(checkpoint) in {stem, "model_paper.pt"}
+    assert os.path.dirname(checkpoint) == os.path.join(ROOT, "bundles", "ddpm", "models")
+
+
+def test_paper_overlay_applies_where_it_fits(monkeypatch):
+    """build_method with the overlay: the DDPM bundles ask for the (unshipped) paper weights; DISYRE is untouched."""
+    monkeypatch.chdir(ROOT)
+    from monai_diffad.evaluate import MethodUnavailable, build_method
+
+    if not os.path.isfile(os.path.join(ROOT, "bundles", "ddpm", "models", "model_paper.pt")):
+        with pytest.raises(MethodUnavailable, match="model_paper.pt"):
+            build_method("thor", "bundles", device="cpu", overlays=[PAPER_OVERLAY])
+    disyre = build_method("disyre", "bundles", device="cpu", overlays=[PAPER_OVERLAY])
+    assert disyre.image_size == 64 and disyre.settings["overrides"] == {}
+
+
+def test_shared_ddpm_checkpoint_names(tmp_path):
+    from monai_diffad.bundles import shared_ddpm_checkpoint
+
+    models = tmp_path / "bundles" / "ddpm" / "models"
+    models.mkdir(parents=True)
+    assert shared_ddpm_checkpoint(str(tmp_path)) == str(models / "model.pt")
+    assert shared_ddpm_checkpoint(str(tmp_path), "gaussian", "paper") == str(models / "model_paper.pt")
+    assert shared_ddpm_checkpoint(str(tmp_path), "simplex", "paper") == str(models / "model_paper.pt")  # fallback
+    (models / "model_paper_simplex.pt").touch()
+    assert shared_ddpm_checkpoint(str(tmp_path), "simplex", "paper") == str(models / "model_paper_simplex.pt")
+    with pytest.raises(ValueError, match="network"):
+        shared_ddpm_checkpoint(str(tmp_path), "gaussian", "large")
+    from monai_diffad.networks import load_state_dict_safely
+
+    with pytest.raises(FileNotFoundError, match="model_paper.pt'. Train one .*train_paper.json"):
+        load_state_dict_safely(shared_ddpm_checkpoint(str(tmp_path), "gaussian", "paper"))

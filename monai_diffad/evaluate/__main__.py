@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--override", action="extend", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
         help="config override, e.g. thor.noise_level=100 or all.max_batch_size=8 (nested ids: inferer#progress)",
     )
+    parser.add_argument(
+        "--overlay", action="append", default=[], metavar="FILE",
+        help="config file merged over every bundle config it fits, e.g. bundles/ddpm/inference_paper.json",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -62,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             bundles_dir=args.bundles,
             overrides=overrides,
+            overlays=args.overlay,
             limit=args.limit,
             seed=args.seed,
             device=args.device,

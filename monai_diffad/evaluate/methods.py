@@ -158,12 +158,13 @@ def build_method(
     overrides: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     shared_overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[str] = (),
 ) -> BuiltMethod:
     """Build method ``name`` from its bundle config with ``monai.bundle.ConfigParser``.
 
-    The config's ``bundle_root`` (when present) is set to the folder read and ``device`` to ``device``; then
-    ``shared_overrides`` are applied where the config has the id, then the variant's and ``overrides``, before
-    ``checkpoint``, ``network`` and ``inferer`` are parsed.
+    The config's ``bundle_root`` (when present) is set to the folder read and ``device`` to ``device``; then come
+    the ``overlays`` that fit the config, ``shared_overrides`` where the config has the id, then the variant's and
+    ``overrides``, before ``checkpoint``, ``network`` and ``inferer`` are parsed.
 
     Args:
         name: a bundle folder name under ``bundles_dir`` or a key of :data:`METHOD_VARIANTS`.
@@ -171,6 +172,9 @@ def build_method(
         overrides: ``{config id: value}`` for this method; every id must exist (nested ids: their parent).
         device: device of the network; default CUDA when available, else CPU.
         shared_overrides: ``{config id: value}`` given to every method, applied only where the id exists.
+        overlays: config files merged over the bundle's as ``monai.bundle run --config_file "[base, overlay]"``
+            merges them (e.g. ``bundles/ddpm/inference_paper.json``); one applies only to a config that has every
+            id it sets (ids starting with ``_`` aside), so the DDPM overlay leaves DISYRE alone.
 
     Returns:
         The built method.
@@ -190,7 +194,12 @@ def build_method(
     if "bundle_root" in parser:
         parser["bundle_root"] = os.path.abspath(os.path.dirname(config_file))
     parser["device"] = device
-    applied = {k: v for k, v in (shared_overrides or {}).items() if _has_target(parser, k)}
+    applied = {}
+    for overlay in overlays:
+        settings = {k: v for k, v in ConfigParser.load_config_file(overlay).items() if not k.startswith("_")}
+        if all(_has_target(parser, k) for k in settings):
+            applied.update(settings)
+    applied.update({k: v for k, v in (shared_overrides or {}).items() if _has_target(parser, k)})
     for key in {**variant, **(overrides or {})}:
         if not _has_target(parser, key):
             raise ValueError(f"override '{key}': '{config_file}' has no such config id.")

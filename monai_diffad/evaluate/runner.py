@@ -346,6 +346,7 @@ def evaluate_bundle_method(
     overrides: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     shared_overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[str] = (),
     **kwargs: Any,
 ) -> MethodResult:
     """Build method ``name`` from its bundle and run :func:`evaluate_method`; never raises for one method's problem.
@@ -358,6 +359,8 @@ def evaluate_bundle_method(
         overrides: config overrides of this method (each id must exist in its config).
         device: device to run on.
         shared_overrides: overrides given to every method, applied where the config has the id.
+        overlays: config files merged over the bundle's where they fit (see
+            :func:`~monai_diffad.evaluate.methods.build_method`).
         kwargs: passed to :func:`evaluate_method` (``batch_size``, ``seed``, ``example_indices``, ``progress``).
 
     Returns:
@@ -365,7 +368,7 @@ def evaluate_bundle_method(
         ``reason``, traceback logged) for any other error, so one broken method does not stop a long benchmark.
     """
     try:
-        built = build_method(name, bundles_dir, overrides, device, shared_overrides)
+        built = build_method(name, bundles_dir, overrides, device, shared_overrides, overlays)
         size = built.image_size
         if size is not None and dataset.spatial_shape != (size, size):
             raise ValueError(
@@ -391,6 +394,7 @@ def run_evaluation(
     *,
     bundles_dir: str = "bundles",
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overlays: Sequence[str] = (),
     limit: int | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -414,6 +418,8 @@ def run_evaluation(
         bundles_dir: folder holding the bundles.
         overrides: ``{method: {config id: value}}`` as :func:`~monai_diffad.evaluate.methods.parse_overrides` returns;
             the ``"all"`` entry goes to every method whose config has the id.
+        overlays: config files merged over each bundle's config they fit (e.g. ``bundles/ddpm/inference_paper.json``
+            for the paper-size network; see :func:`~monai_diffad.evaluate.methods.build_method`).
         limit: use only this many items, taken in turn from each size class; ``None`` for all.
         seed: noise seed, the same for every method.
         device: default CUDA when available, else CPU.
@@ -441,8 +447,9 @@ def run_evaluation(
     for name in methods:
         results.append(
             evaluate_bundle_method(
-                name, dataset, [indices[p] for p in positions], bundles_dir=bundles_dir, overrides=(overrides or {}).get(name),
-                device=device, shared_overrides=(overrides or {}).get("all"), batch_size=batch_size, seed=seed,
+                name, dataset, [indices[p] for p in positions], bundles_dir=bundles_dir,
+                overrides=(overrides or {}).get(name), device=device, shared_overrides=(overrides or {}).get("all"),
+                overlays=overlays, batch_size=batch_size, seed=seed,
                 example_indices=example_indices, progress=progress and rank == 0, noise_positions=positions,
             )
         )
