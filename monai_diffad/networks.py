@@ -123,7 +123,7 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     if not os.path.isfile(path):
         # the paper-size weights (model_paper*.pt) come from the train_paper.json overlay
         paper = "paper" in os.path.basename(path)
-        configs = "bundles/ddpm/train.json" + (",bundles/ddpm/train_paper.json" if paper else "")
+        configs = "\"['bundles/ddpm/train.json','bundles/ddpm/train_paper.json']\"" if paper else "bundles/ddpm/train.json"
         raise FileNotFoundError(
             f"Checkpoint not found: '{path}'. Train one with 'python -m monai.bundle run --config_file {configs}' "
             "or pass the path of an existing checkpoint."

@@ -17,18 +17,8 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 T_TRAIN=${T_TRAIN:-200}
 W=${WORK:-outputs/gpu_work}
-mkdir -p "$OUT" "$W"
-OUT=$(cd "$OUT" && pwd)
-exec > >(tee -a "$OUT/log.txt") 2>&1
-log() { echo "[$(date +%T) +${SECONDS}s] $*"; }
-
-if [ -d .whl ] && ! $PY -c "import monai, ignite, nibabel, lpips, fire" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-nvidia-smi -L 2>/dev/null
-$PY -c "import torch, monai, numpy; print('torch', torch.__version__, 'monai', monai.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
+mkdir -p "$W"
+source "$(dirname "$0")/env.sh"
 
 if [ "$SMOKE" = 1 ]; then
     BATCH=4; DBATCH=4; WORKERS=0; VAL=1; LIMIT="--limit 4"; CAL_LIMIT="--limit 2"; EPOCHLEN="--epoch_length 2"; BENCH="--noise-level 3 --batch 4 --repeats 1"
