@@ -12,6 +12,7 @@ from pathlib import Path
 from monai.utils import look_up_option
 
 from monai_diffad.noise import NoiseType
+from monai_diffad.quantization import materialize_int8
 
 __all__ = ["bundle_root", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES"]
 
@@ -47,12 +48,22 @@ def _is_dicom_series(path: str) -> bool:
     return os.path.isdir(path) and any(f.lower().endswith(".dcm") for f in os.listdir(path))
 
 
+def _weights_file(models: str, stem: str) -> str:
+    """``<stem>.pt``, or the float file rebuilt from ``<stem>_int8.pt`` where only the int8 copy ships."""
+    plain = os.path.join(models, f"{stem}.pt")
+    int8 = os.path.join(models, f"{stem}_int8.pt")
+    if os.path.isfile(plain) or not os.path.isfile(int8):
+        return plain
+    return materialize_int8(int8)
+
+
 def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian", network: str = "demo") -> str:
     """The shared DDPM weights for a noise type and network, from ``bundles/ddpm/models/``.
 
     - ``network="demo"`` (shipped, 64x64): ``model.pt`` (Gaussian) or ``model_simplex.pt``.
-    - ``network="paper"`` (the reference network at 128x128, trained with ``bundles/ddpm/train_paper.json``; not
-      shipped): ``model_paper.pt`` or ``model_paper_simplex.pt``.
+    - ``network="paper"`` (the reference network at 128x128, trained with ``bundles/ddpm/train_paper.json``):
+      ``model_paper.pt`` or ``model_paper_simplex.pt``. Where only the shipped int8 copy ``<name>_int8.pt`` exists,
+      the floating-point file rebuilt from it (:func:`monai_diffad.quantization.materialize_int8`) is returned.
 
     A DDPM restores from the noise it was trained on, so AnoDDPM and THOR-Simplex use the Simplex-trained weights.
     Where they do not exist, the Gaussian weights of the same network are returned with a warning (the methods then
@@ -70,10 +81,10 @@ def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian", network
         raise ValueError(f"network must be 'demo' or 'paper', got {network!r}.")
     models = os.path.join(repo_root, "bundles", "ddpm", "models")
     stem = "model" if network == "demo" else "model_paper"
-    gaussian = os.path.join(models, f"{stem}.pt")
+    gaussian = _weights_file(models, stem)
     if look_up_option(noise_type, NoiseType) == NoiseType.GAUSSIAN:
         return gaussian
-    simplex = os.path.join(models, f"{stem}_simplex.pt")
+    simplex = _weights_file(models, f"{stem}_simplex")
     if os.path.isfile(simplex):
         return simplex
     logger.warning("No Simplex-trained DDPM at %s: using the Gaussian-trained weights %s.", simplex, gaussian)

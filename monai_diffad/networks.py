@@ -105,7 +105,8 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     """Read a checkpoint without executing code from it.
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
-    which refuses pickled objects other than tensors and plain containers.
+    which refuses pickled objects other than tensors and plain containers. Int8 checkpoints written by
+    :func:`monai_diffad.quantization.quantize_state_dict` are returned dequantized.
 
     Args:
         path: checkpoint file.
@@ -143,6 +144,14 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
                 f"Refused to load '{path}': it is not a weights-only checkpoint ({type(e).__name__}: {e}). "
                 "Only tensors and plain containers are accepted; re-save the state_dict with torch.save."
             ) from e
+    # imported here: a module-level import would load the quantization CLI before ``python -m`` runs it
+    from monai_diffad.quantization import dequantize_state_dict, is_int8_state_dict
+
+    if is_int8_state_dict(obj):
+        try:
+            obj = dequantize_state_dict(obj)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"Checkpoint '{path}' is a damaged int8 checkpoint ({e}).") from e
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             raise ValueError(f"Checkpoint '{path}' has no entry '{key}'.")

@@ -24,6 +24,7 @@ from monai_diffad.training import (
     fixed_noise_items,
     latest_checkpoint,
     resume_seed,
+    warm_start,
 )
 
 torch.set_num_threads(1)
@@ -179,6 +180,30 @@ def test_train_bundle_runs_and_resumes(tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
     net = diffusion_unet(**TINY_UNET)
     CheckpointLoader(load_path=str(model_file), load_dict={"model": net})(Engine(lambda e, b: None))
+
+
+def test_train_bundle_warm_starts_from_int8_weights(tmp_path):
+    from monai_diffad.quantization import quantize_state_dict
+
+    start = tiny_net().state_dict()
+    torch.save(quantize_state_dict(start, min_numel=64), tmp_path / "start_int8.pt")
+    parser = _run_train_bundle(tmp_path, 1, init_weights=str(tmp_path / "start_int8.pt"))
+    trained = parser.get_parsed_content("network").state_dict()
+    # two Adam steps of lr 2.5e-4 move each weight by at most ~5e-4; int8 rounding adds ~1e-3 at most
+    assert max((trained[k].cpu() - v).abs().max().item() for k, v in start.items()) < 3e-3
+    with pytest.raises(RuntimeError, match="warm_start") as info:  # MONAI wraps errors of config expressions
+        _run_train_bundle(tmp_path / "other", 1, init_weights=str(tmp_path / "missing.pt"))
+    assert isinstance(info.value.__cause__, FileNotFoundError) and "missing.pt" in str(info.value.__cause__)
+
+
+def test_warm_start_yields_to_a_resume_checkpoint(tmp_path):
+    network, ema = tiny_net(), diffusion_unet(**TINY_UNET)
+    torch.save(network.state_dict(), tmp_path / "w.pt")
+    assert not warm_start(network, ema, None)
+    assert not warm_start(network, ema, str(tmp_path / "w.pt"), resume_from=str(tmp_path / "ckpt.pt"))
+    assert not all(torch.equal(ema.state_dict()[k], v) for k, v in network.state_dict().items())
+    assert warm_start(ema, diffusion_unet(**TINY_UNET), str(tmp_path / "w.pt")) and ema.training
+    assert all(torch.equal(ema.state_dict()[k], v) for k, v in network.state_dict().items())
 
 
 def test_train_bundle_with_simplex_noise_tracks_lowest_validation_loss(tmp_path):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from monai_diffad.training.checkpoints import latest_checkpoint, resume_seed
+from monai_diffad.training.checkpoints import latest_checkpoint, resume_seed, warm_start
 from monai_diffad.training.data import fixed_noise_items, load_slice_items
 from monai_diffad.training.inferer import AUTOCAST_DTYPES, AutocastDiffusionInferer
 from monai_diffad.training.handlers import EMAHandler, LossCSVLogger, WeightsExporter, attach_progress_bar
@@ -22,4 +22,5 @@ __all__ = [
     "latest_checkpoint",
     "load_slice_items",
     "resume_seed",
+    "warm_start",
 ]

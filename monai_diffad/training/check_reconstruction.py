@@ -22,7 +22,7 @@ import torch
 from monai.metrics import SSIMMetric
 from monai.networks.schedulers import DDPMScheduler
 
-from monai_diffad.networks import ddpm_scheduler, load_diffusion_unet
+from monai_diffad.networks import DEMO_UNET, PAPER_UNET, ddpm_scheduler, load_diffusion_unet
 
 __all__ = ["partial_noise_reconstruct", "reconstruction_report"]
 
@@ -59,9 +59,20 @@ def partial_noise_reconstruct(
 
 
 def reconstruction_report(
-    weights: str, dev_npz: str, levels: Sequence[int] = (200, 350), num: int = 8, seed: int = 0, png: str | None = None
+    weights: str,
+    dev_npz: str,
+    levels: Sequence[int] = (200, 350),
+    num: int = 8,
+    seed: int = 0,
+    png: str | None = None,
+    network: str = "demo",
+    device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Reconstruct ``num`` lesion-free and ``num`` lesion slices at each level and summarise the quality.
+
+    ``network`` names the architecture of ``weights`` (``"demo"``: :data:`~monai_diffad.networks.DEMO_UNET`,
+    ``"paper"``: :data:`~monai_diffad.networks.PAPER_UNET`); ``dev_npz`` must be at the resolution it was trained
+    at. The noise is drawn on ``device``, so figures from a CPU and a GPU differ by sampling alone.
 
     Returns:
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
@@ -74,17 +85,20 @@ def reconstruction_report(
     pick_free = free[np.linspace(0, len(free) - 1, num).round().astype(int)]
     pick_lesion = lesion[np.linspace(0, len(lesion) - 1, num).round().astype(int)]
     picks = np.concatenate([pick_free, pick_lesion])
-    images = torch.from_numpy(data["images"][picks][:, None]).float()
-    brains = torch.from_numpy(data["brain_masks"][picks][:, None]).float()
-    lesions = torch.from_numpy(data["masks"][picks][:, None]).float()
-    network = load_diffusion_unet(weights)
+    images = torch.from_numpy(data["images"][picks][:, None]).float().to(device)
+    brains = torch.from_numpy(data["brain_masks"][picks][:, None]).float().to(device)
+    lesions = torch.from_numpy(data["masks"][picks][:, None]).float().to(device)
+    architecture = {"demo": DEMO_UNET, "paper": PAPER_UNET}.get(network)
+    if architecture is None:
+        raise ValueError(f"network must be 'demo' or 'paper', got {network!r}.")
+    unet = load_diffusion_unet(weights, **architecture).to(device)
     scheduler = ddpm_scheduler()
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0)
     report, recons = {}, {}
     for level in levels:
-        generator = torch.Generator().manual_seed(seed)
-        recon = partial_noise_reconstruct(images, network, scheduler, level, generator) * brains
-        recons[level] = recon
+        generator = torch.Generator(device=device).manual_seed(seed)
+        recon = partial_noise_reconstruct(images, unet, scheduler, level, generator) * brains
+        recons[level] = recon.cpu()
         h = slice(0, num)
         change = (recon - images).abs()
         inside = (change * lesions)[num:].sum() / lesions[num:].sum().clamp(min=1)
@@ -97,7 +111,7 @@ def reconstruction_report(
             "lesion_change_outside": float((change[num:] * outside_mask).sum() / outside_mask.sum()),
         }
     if png:
-        _save_figure(png, images, recons)
+        _save_figure(png, images.cpu(), recons)
     return report
 
 
@@ -131,9 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--network", choices=("demo", "paper"), default="demo", help="architecture of --weights")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = reconstruction_report(args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png)
+    report = reconstruction_report(
+        args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device
+    )
     print(json.dumps(report, indent=1))
     return 0
 

@@ -1,66 +1,114 @@
 #!/usr/bin/env bash
 # One GPU session for the reference (paper-size) DDPM, 18.04 M parameters at 128x128: train it
-# (bundles/ddpm/train.json + train_paper.json) for T_TRAIN seconds, calibrate THOR's label threshold with it and
-# evaluate THOR and DDPM (METHODS) on the 128x128 development set through the inference_paper.json overlay.
-# The weights (split into 15 MB parts), logs, threshold and reports land in $OUT.
+# (bundles/ddpm/train.json + train_paper.json) for T_TRAIN seconds, store its EMA weights as int8
+# (python -m monai_diffad.quantization), check the int8 copy against the float one by partial-noise reconstruction,
+# then calibrate THOR's label threshold and evaluate THOR and DDPM on the 128x128 development set with the int8
+# weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
+# While the paper network trains, the demo network's candidate weights (the EMA of the resume checkpoint in
+# bundles/ddpm/models/resume/) are evaluated against the shipped model.pt at 64x64 (DEMO_METHODS) and calibrated.
+# Weights (int8 and float16, split into 15 MB parts), logs, thresholds and reports land in $OUT.
 #
 #   OUT=outputs/gpu_paper bash scripts/gpu/paper.sh                   # on a CUDA machine, from the repository root
 #   SMOKE=1 DEVICE=cpu OUT=/tmp/smoke bash scripts/gpu/paper.sh       # the same steps, tiny, on CPU
 #
-# Needs data_cache/train_slices_128.npz and data_cache/dev_128.npz (python -m monai_diffad.data build --what all),
+# Needs data_cache/{train_slices_128,dev_128,dev_64}.npz (python -m monai_diffad.data build --what all),
 # and the wheels of session.sh in .whl/ on a bare device image.
 set -u
 OUT=${OUT:-outputs/gpu_paper}
 SMOKE=${SMOKE:-0}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
-T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 300)}  # seconds of training
-METHODS=${METHODS:-thor,ddpm}  # add autoddpm where the session has 3 more minutes
+T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 220)}  # seconds of training
+DEMO_METHODS=${DEMO_METHODS:-thor,ddpm,autoddpm}  # empty: skip the demo candidate
 W=${WORK:-outputs/gpu_work}
 mkdir -p "$W"
 source "$(dirname "$0")/env.sh"
-OVERLAYS=(--overlay bundles/ddpm/inference_paper.json)
+echo '{"precision": "bf16"}' > "$W/bf16.json"
+PAPER=(--overlay bundles/ddpm/inference_paper.json --overlay "$W/bf16.json")
+DEMO=()
 
 if [ "$SMOKE" = 1 ]; then
     TRAIN="--batch_size 2 --epoch_length 2 --val_interval 1 --train_loader#num_workers 0"
-    LIMIT="--limit 4"; CAL_LIMIT="--limit 2"; EVAL_BATCH=2; CAL_TIMEOUT=900; EVAL_TIMEOUT=900
+    LIMIT="--limit 4"; CAL_LIMIT="--limit 2"; EVAL_BATCH=2; TIMEOUT=900; LEVELS="3"; RECON_NUM=2
     # short schedules as overlays (each applies where it fits): 3 noise steps for all, THOR's harmonization at 2
     echo '{"noise_level": 3}' > "$W/smoke_steps.json"
     echo '{"harmonization_steps": [2], "record_interval": 1}' > "$W/smoke_thor.json"
-    OVERLAYS+=(--overlay "$W/smoke_steps.json" --overlay "$W/smoke_thor.json")
+    echo '{"resample_level": 2, "resample_passes": 1}' > "$W/smoke_autoddpm.json"
+    for f in steps thor autoddpm; do PAPER+=(--overlay "$W/smoke_$f.json"); DEMO+=(--overlay "$W/smoke_$f.json"); done
 else
     TRAIN="--val_interval 200 --train_loader#num_workers 12 --train_loader#persistent_workers True"
-    LIMIT=""; CAL_LIMIT=""; EVAL_BATCH=100; CAL_TIMEOUT=150; EVAL_TIMEOUT=270
+    LIMIT=""; CAL_LIMIT=""; EVAL_BATCH=100; TIMEOUT=120; LEVELS="200 350"; RECON_NUM=8
 fi
+weights_overlay() {  # $1 = weights file, $2 = overlay to write; prints the overlay's path
+    echo "{\"checkpoint\": \"$(cd "$(dirname "$1")" && pwd)/$(basename "$1")\"}" > "$2" && echo "$2"
+}
 
-# ---------------------------------------------------------------- 1. training
+# ---------------------------------------------------------------- 1. training (background)
 log "training the paper-size network for ${T_TRAIN}s"
 $PY -m monai.bundle run --config_file "['bundles/ddpm/train.json','bundles/ddpm/train_paper.json']" --device "$DEVICE" \
     --output_dir "$W/paper" --model_file "$W/paper/model_paper.pt" --max_epochs 1000000 \
-    --time_limit_s "$T_TRAIN" --checkpoint_interval 100000 --export_interval_s 120 $TRAIN > "$W/train_paper.log" 2>&1
+    --time_limit_s "$T_TRAIN" --checkpoint_interval 100000 --export_interval_s 120 $TRAIN > "$W/train_paper.log" 2>&1 &
+train_pid=$!
+
+# ---------------------------------------------------------------- 2. demo candidate vs shipped, 64x64 (meanwhile)
+if [ -n "$DEMO_METHODS" ]; then
+    resume=$(ls -t bundles/ddpm/models/resume/*.pt | head -1)
+    mkdir -p "$W/candidate"
+    $PY -c "import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True)['ema'], sys.argv[2])" \
+        "$resume" "$W/candidate/model.pt"
+    log "demo candidate: EMA of $resume"
+    for tag in shipped candidate; do
+        weights=bundles/ddpm/models/model.pt; [ $tag = candidate ] && weights=$W/candidate/model.pt
+        overlay=$(weights_overlay "$weights" "$W/demo_$tag.json")
+        timeout $TIMEOUT $PY -m monai_diffad.evaluate --methods "$DEMO_METHODS" --data data_cache/dev_64.npz \
+            "${DEMO[@]}" --overlay "$overlay" --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress \
+            $LIMIT --out "$W/demo_$tag" --override all.max_batch_size=$EVAL_BATCH > "$W/demo_$tag.log" 2>&1
+        log "demo $tag evaluate exit $?"
+        grep -h "^| " "$W/demo_$tag/results.md" 2>/dev/null | head -8
+    done
+    for method in ${DEMO_METHODS//,/ }; do
+        timeout $TIMEOUT $PY -m monai_diffad.calibration --bundle "$method" --data data_cache/dev_64.npz "${DEMO[@]}" \
+            --overlay "$W/demo_candidate.json" --device "$DEVICE" $CAL_LIMIT > "$W/calibration_demo_$method.log" 2>&1
+        log "demo candidate calibration $method exit $?: $(grep -h '"threshold"' "$W/calibration_demo_$method.log")"
+    done
+fi
+
+wait $train_pid
 log "training exit $?"
 tail -n 3 "$W/paper/logs/val_loss.csv" 2>/dev/null | sed "s/^/val: /"
+tail -n 1 "$W/paper/logs/train_loss.csv" 2>/dev/null | sed "s/^/train: /"
 grep -m 3 -i "error\|Traceback" "$W/train_paper.log"
-cp "$W/train_paper.log" "$W"/paper/logs/*.csv "$OUT/" 2>/dev/null
-if [ ! -f "$W/paper/model_paper.pt" ]; then log "no weights: stopping"; exit 1; fi
-split -b 15M "$W/paper/model_paper.pt" "$OUT/model_paper.pt.part-"  # rejoin: cat model_paper.pt.part-* > model_paper.pt
-# the new weights for what follows, through an overlay (the tree's bundles/ddpm/models stays as it is)
-echo "{\"checkpoint\": \"$(cd "$W/paper" && pwd)/model_paper.pt\"}" > "$W/paper_weights.json"
-OVERLAYS+=(--overlay "$W/paper_weights.json")
+if [ ! -f "$W/paper/model_paper.pt" ]; then log "no weights: stopping"; tar -czf "$OUT/work.tgz" -C "$W" .; exit 1; fi
 
-# ---------------------------------------------------------------- 2. THOR's threshold (5 % healthy-pixel FPR)
-log "calibrating"
-timeout $CAL_TIMEOUT $PY -m monai_diffad.calibration --bundle thor --data data_cache/dev_128.npz "${OVERLAYS[@]}" \
-    --device "$DEVICE" $CAL_LIMIT > "$OUT/calibration_thor.log" 2>&1
-log "calibration exit $?"
-grep -h '"threshold"' "$OUT/calibration_thor.log"
+# ---------------------------------------------------------------- 3. int8 copy (what ships) and its fidelity
+$PY -m monai_diffad.quantization "$W/paper/model_paper.pt" "$W/paper/model_paper_int8.pt"
+int8=$($PY -c "import sys; from monai_diffad.quantization import materialize_int8; print(materialize_int8(*sys.argv[1:]))" \
+    "$W/paper/model_paper_int8.pt" "$W/paper")
+for tag in float int8; do
+    weights=$W/paper/model_paper.pt; [ $tag = int8 ] && weights=$int8
+    timeout $TIMEOUT $PY -m monai_diffad.training.check_reconstruction --weights "$weights" --network paper \
+        --dev-npz data_cache/dev_128.npz --levels $LEVELS --num $RECON_NUM --device "$DEVICE" \
+        --png "$W/reconstruction_paper_$tag.png" > "$W/reconstruction_paper_$tag.json" 2>"$W/reconstruction_paper_$tag.log"
+    log "reconstruction $tag exit $?"; tr -d '\n ' < "$W/reconstruction_paper_$tag.json"; echo
+done
+PAPER+=(--overlay "$(weights_overlay "$int8" "$W/paper_weights.json")")
 
-# ---------------------------------------------------------------- 3. evaluation at 128x128
-log "evaluating"
-timeout $EVAL_TIMEOUT $PY -m monai_diffad.evaluate --methods "$METHODS" --data data_cache/dev_128.npz "${OVERLAYS[@]}" \
-    --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress $LIMIT --out "$W/results_paper" \
-    --override all.max_batch_size=$EVAL_BATCH > "$W/evaluate_paper.log" 2>&1
-log "evaluate exit $?"
-head -30 "$W/results_paper/results.md" 2>/dev/null
-tar -czf "$OUT/results_paper.tgz" -C "$W" results_paper evaluate_paper.log 2>/dev/null
+# ---------------------------------------------------------------- 4. THOR's threshold and the evaluation at 128x128
+timeout $TIMEOUT $PY -m monai_diffad.calibration --bundle thor --data data_cache/dev_128.npz "${PAPER[@]}" \
+    --device "$DEVICE" $CAL_LIMIT > "$W/calibration_paper_thor.log" 2>&1
+log "paper calibration exit $?: $(grep -h '"threshold"' "$W/calibration_paper_thor.log")"
+for method in thor ddpm; do
+    timeout $TIMEOUT $PY -m monai_diffad.evaluate --methods $method --data data_cache/dev_128.npz "${PAPER[@]}" \
+        --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress $LIMIT --out "$W/paper_$method" \
+        --override all.max_batch_size=$EVAL_BATCH > "$W/paper_$method.log" 2>&1
+    log "paper evaluate $method exit $?"
+    grep -h "^| " "$W/paper_$method/results.md" 2>/dev/null | head -4
+done
+
+# ---------------------------------------------------------------- 5. what comes back
+split -b 15M "$W/paper/model_paper_int8.pt" "$OUT/model_paper_int8.pt.part-"  # rejoin: cat parts > file
+$PY -c "import sys, torch; s = torch.load(sys.argv[1], weights_only=True); torch.save({k: v.half() for k, v in s.items()}, sys.argv[2])" \
+    "$W/paper/model_paper.pt" "$W/paper/model_paper_fp16.pt"
+split -b 15M "$W/paper/model_paper_fp16.pt" "$OUT/model_paper_fp16.pt.part-"
+tar -czf "$OUT/work.tgz" -C "$W" --exclude='*.pt' .
 log "done"

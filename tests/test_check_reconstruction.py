@@ -1,0 +1,61 @@
+# Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
+"""The weights quality check: partial-noise reconstruction report, architecture choice, figure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monai_diffad.networks import diffusion_unet
+from monai_diffad.training.check_reconstruction import main, reconstruction_report
+
+
+@pytest.fixture
+def dev_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 16, 16)).astype(np.float32)
+    masks = np.zeros((6, 16, 16), dtype=np.uint8)
+    masks[3:, 4:8, 4:8] = 1
+    path = tmp_path / "dev.npz"
+    np.savez(
+        path,
+        images=images,
+        masks=masks,
+        brain_masks=np.ones((6, 16, 16), dtype=np.uint8),
+        split=np.array(["validation"] * 3 + ["test"] * 3),
+    )
+    return str(path)
+
+
+@pytest.fixture
+def demo_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    torch.save(diffusion_unet().state_dict(), path)
+    return str(path)
+
+
+def test_report_keys_and_ranges(dev_npz, demo_weights, tmp_path):
+    report = reconstruction_report(demo_weights, dev_npz, levels=(2,), num=2, png=str(tmp_path / "r.png"))
+    row = report["L=2"]
+    assert set(row) == {
+        "healthy_mse", "healthy_mse_brain", "healthy_ssim", "lesion_change_inside", "lesion_change_outside"
+    }
+    assert 0 <= row["healthy_mse"] <= 1 and -1 <= row["healthy_ssim"] <= 1
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_architecture_must_match_the_weights(dev_npz, demo_weights):
+    with pytest.raises(ValueError, match="network must be 'demo' or 'paper'"):
+        reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network="large")
+    with pytest.raises(ValueError, match="does not match|resized|missing"):
+        reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network="paper")
+
+
+def test_cli_prints_json(dev_npz, demo_weights, capsys):
+    assert main(["--weights", demo_weights, "--dev-npz", dev_npz, "--levels", "1", "--num", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "L=1" in json.loads(out[out.index("{"):])
