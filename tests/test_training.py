@@ -204,6 +204,9 @@ def test_warm_start_yields_to_a_resume_checkpoint(tmp_path):
     assert not all(torch.equal(ema.state_dict()[k], v) for k, v in network.state_dict().items())
     assert warm_start(ema, diffusion_unet(**TINY_UNET), str(tmp_path / "w.pt")) and ema.training
     assert all(torch.equal(ema.state_dict()[k], v) for k, v in network.state_dict().items())
+    wrapped, wrapped_ema = torch.nn.DataParallel(diffusion_unet(**TINY_UNET)), diffusion_unet(**TINY_UNET)
+    assert warm_start(wrapped, wrapped_ema, str(tmp_path / "w.pt"))  # DDP-style wrappers load through .module
+    assert all(torch.equal(wrapped_ema.state_dict()[k], v) for k, v in network.state_dict().items())
 
 
 def test_train_bundle_with_simplex_noise_tracks_lowest_validation_loss(tmp_path):

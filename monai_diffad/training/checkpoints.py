@@ -55,7 +55,8 @@ def warm_start(
     run continues from the EMA weights another session exported, with a fresh optimiser.
 
     Args:
-        network: the trained network.
+        network: the trained network; a ``DistributedDataParallel`` (or ``DataParallel``) wrapper is loaded through
+            its ``module``, the same file on every rank.
         ema_network: its EMA copy (receives the same weights).
         weights: state-dict file, or ``None``/``""`` for a fresh start.
         resume_from: the checkpoint the run resumes from, if any.
@@ -73,7 +74,8 @@ def warm_start(
         return False
     from monai_diffad.networks import load_diffusion_unet
 
-    load_diffusion_unet(weights, model=network).train()  # the loader leaves the network in eval mode
-    ema_network.load_state_dict(network.state_dict())
+    module = getattr(network, "module", network)
+    load_diffusion_unet(weights, model=module).train()  # the loader leaves the network in eval mode
+    ema_network.load_state_dict(module.state_dict())
     logger.info("Network and EMA initialised from %s (fresh optimiser).", weights)
     return True

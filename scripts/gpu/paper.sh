@@ -4,11 +4,14 @@
 # (python -m monai_diffad.quantization), check the int8 copy against the float one by partial-noise reconstruction,
 # then calibrate THOR's label threshold and evaluate THOR and DDPM on the 128x128 development set with the int8
 # weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
-# While the paper network trains, the demo network's candidate weights (the EMA of the resume checkpoint in
-# bundles/ddpm/models/resume/) are evaluated against the shipped model.pt at 64x64 (DEMO_METHODS) and calibrated.
-# Weights (int8 and float16, split into 15 MB parts), logs, thresholds and reports land in $OUT.
+# INIT=file continues from earlier exported weights (int8 or float) with a fresh optimiser (train.json init_weights).
+# With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (the EMA of the resume checkpoint in
+# bundles/ddpm/models/resume/) are evaluated against the shipped model.pt at 64x64 while the paper network trains,
+# and calibrated. The weights (int8 and float16, split into 15 MB parts) go to $OUT as soon as training ends, so a
+# session that runs out of time still brings them back; logs, thresholds and reports follow.
 #
 #   OUT=outputs/gpu_paper bash scripts/gpu/paper.sh                   # on a CUDA machine, from the repository root
+#   INIT=outputs/paper_int8/model_paper_int8.pt OUT=... bash scripts/gpu/paper.sh   # carry outputs/paper_int8 too
 #   SMOKE=1 DEVICE=cpu OUT=/tmp/smoke bash scripts/gpu/paper.sh       # the same steps, tiny, on CPU
 #
 # Needs data_cache/{train_slices_128,dev_128,dev_64}.npz (python -m monai_diffad.data build --what all),
@@ -19,7 +22,9 @@ SMOKE=${SMOKE:-0}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 220)}  # seconds of training
-DEMO_METHODS=${DEMO_METHODS:-thor,ddpm,autoddpm}  # empty: skip the demo candidate
+DEMO_METHODS=${DEMO_METHODS:-}  # e.g. thor,ddpm,autoddpm: benchmark the demo candidate meanwhile
+CHECK_FLOAT=${CHECK_FLOAT:-0}  # 1: also check the float weights (the int8 copy matched them to 0.001 SSIM)
+INIT=${INIT:-}
 W=${WORK:-outputs/gpu_work}
 mkdir -p "$W"
 source "$(dirname "$0")/env.sh"
@@ -47,7 +52,8 @@ weights_overlay() {  # $1 = weights file, $2 = overlay to write; prints the over
 log "training the paper-size network for ${T_TRAIN}s"
 $PY -m monai.bundle run --config_file "['bundles/ddpm/train.json','bundles/ddpm/train_paper.json']" --device "$DEVICE" \
     --output_dir "$W/paper" --model_file "$W/paper/model_paper.pt" --max_epochs 1000000 \
-    --time_limit_s "$T_TRAIN" --checkpoint_interval 100000 --export_interval_s 120 $TRAIN > "$W/train_paper.log" 2>&1 &
+    --time_limit_s "$T_TRAIN" --checkpoint_interval 100000 --export_interval_s 120 $TRAIN \
+    ${INIT:+--init_weights "$INIT"} > "$W/train_paper.log" 2>&1 &
 train_pid=$!
 
 # ---------------------------------------------------------------- 2. demo candidate vs shipped, 64x64 (meanwhile)
@@ -80,11 +86,15 @@ tail -n 1 "$W/paper/logs/train_loss.csv" 2>/dev/null | sed "s/^/train: /"
 grep -m 3 -i "error\|Traceback" "$W/train_paper.log"
 if [ ! -f "$W/paper/model_paper.pt" ]; then log "no weights: stopping"; tar -czf "$OUT/work.tgz" -C "$W" .; exit 1; fi
 
-# ---------------------------------------------------------------- 3. int8 copy (what ships) and its fidelity
+# ---------------------------------------------------------------- 3. int8 copy (what ships), back first, and its fidelity
 $PY -m monai_diffad.quantization "$W/paper/model_paper.pt" "$W/paper/model_paper_int8.pt"
+split -b 15M "$W/paper/model_paper_int8.pt" "$OUT/model_paper_int8.pt.part-"  # rejoin: cat parts > file
+$PY -c "import sys, torch; s = torch.load(sys.argv[1], weights_only=True); torch.save({k: v.half() for k, v in s.items()}, sys.argv[2])" \
+    "$W/paper/model_paper.pt" "$W/paper/model_paper_fp16.pt"
+split -b 15M "$W/paper/model_paper_fp16.pt" "$OUT/model_paper_fp16.pt.part-"
 int8=$($PY -c "import sys; from monai_diffad.quantization import materialize_int8; print(materialize_int8(*sys.argv[1:]))" \
     "$W/paper/model_paper_int8.pt" "$W/paper")
-for tag in float int8; do
+for tag in $([ "$CHECK_FLOAT" = 1 ] && echo float) int8; do
     weights=$W/paper/model_paper.pt; [ $tag = int8 ] && weights=$int8
     timeout $TIMEOUT $PY -m monai_diffad.training.check_reconstruction --weights "$weights" --network paper \
         --dev-npz data_cache/dev_128.npz --levels $LEVELS --num $RECON_NUM --device "$DEVICE" \
@@ -105,10 +115,6 @@ for method in thor ddpm; do
     grep -h "^| " "$W/paper_$method/results.md" 2>/dev/null | head -4
 done
 
-# ---------------------------------------------------------------- 5. what comes back
-split -b 15M "$W/paper/model_paper_int8.pt" "$OUT/model_paper_int8.pt.part-"  # rejoin: cat parts > file
-$PY -c "import sys, torch; s = torch.load(sys.argv[1], weights_only=True); torch.save({k: v.half() for k, v in s.items()}, sys.argv[2])" \
-    "$W/paper/model_paper.pt" "$W/paper/model_paper_fp16.pt"
-split -b 15M "$W/paper/model_paper_fp16.pt" "$OUT/model_paper_fp16.pt.part-"
+# ---------------------------------------------------------------- 5. logs and reports
 tar -czf "$OUT/work.tgz" -C "$W" --exclude='*.pt' .
 log "done"
