@@ -2,7 +2,7 @@
 # One GPU session for the reference (paper-size) DDPM, 18.04 M parameters at 128x128: train it
 # (bundles/ddpm/train.json + train_paper.json) for T_TRAIN seconds, store its EMA weights as int8
 # (python -m monai_diffad.quantization), check the int8 copy against the float one by partial-noise reconstruction,
-# then calibrate THOR's label threshold and evaluate THOR and DDPM on the 128x128 development set with the int8
+# then calibrate THOR's label threshold and evaluate PAPER_METHODS on the 128x128 development set with the int8
 # weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
 # INIT=file continues from earlier exported weights (int8 or float) with a fresh optimiser (train.json init_weights).
 # With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (the EMA of the resume checkpoint in
@@ -21,7 +21,8 @@ OUT=${OUT:-outputs/gpu_paper}
 SMOKE=${SMOKE:-0}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
-T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 220)}  # seconds of training
+T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 300)}  # seconds of training
+PAPER_METHODS=${PAPER_METHODS:-thor}  # evaluated at 128x128 (estimated 1-2 minutes each on an H200, not measured yet)
 DEMO_METHODS=${DEMO_METHODS:-}  # e.g. thor,ddpm,autoddpm: benchmark the demo candidate meanwhile
 CHECK_FLOAT=${CHECK_FLOAT:-0}  # 1: also check the float weights (the int8 copy matched them to 0.001 SSIM)
 INIT=${INIT:-}
@@ -107,7 +108,7 @@ PAPER+=(--overlay "$(weights_overlay "$int8" "$W/paper_weights.json")")
 timeout $TIMEOUT $PY -m monai_diffad.calibration --bundle thor --data data_cache/dev_128.npz "${PAPER[@]}" \
     --device "$DEVICE" $CAL_LIMIT > "$W/calibration_paper_thor.log" 2>&1
 log "paper calibration exit $?: $(grep -h '"threshold"' "$W/calibration_paper_thor.log")"
-for method in thor ddpm; do
+for method in ${PAPER_METHODS//,/ }; do
     timeout $TIMEOUT $PY -m monai_diffad.evaluate --methods $method --data data_cache/dev_128.npz "${PAPER[@]}" \
         --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress $LIMIT --out "$W/paper_$method" \
         --override all.max_batch_size=$EVAL_BATCH > "$W/paper_$method.log" 2>&1
