@@ -5,10 +5,11 @@
 # then calibrate THOR's label threshold and evaluate PAPER_METHODS on the 128x128 development set with the int8
 # weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
 # INIT=file continues from earlier exported weights (int8 or float) with a fresh optimiser (train.json init_weights).
-# With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (the EMA of the resume checkpoint in
-# bundles/ddpm/models/resume/) are evaluated against the shipped model.pt at 64x64 while the paper network trains,
-# and calibrated. The weights (int8 and float16, split into 15 MB parts) go to $OUT as soon as training ends, so a
-# session that runs out of time still brings them back; logs, thresholds and reports follow.
+# With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (DEMO_CANDIDATE, default the EMA of the
+# resume checkpoint in bundles/ddpm/models/resume/) are evaluated against the shipped DEMO_SHIPPED at 64x64 while the
+# paper network trains, and calibrated (Simplex: DEMO_METHODS=anoddpm,thor_simplex and model_simplex.pt files).
+# The weights (int8 and float16, split into 15 MB parts) go to $OUT as soon as training ends, so a session that runs
+# out of time still brings them back; logs, thresholds and reports follow.
 #
 #   OUT=outputs/gpu_paper bash scripts/gpu/paper.sh                   # on a CUDA machine, from the repository root
 #   INIT=outputs/paper_int8/model_paper_int8.pt OUT=... bash scripts/gpu/paper.sh   # carry outputs/paper_int8 too
@@ -24,6 +25,8 @@ PY=${PY:-python3}
 T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 300)}  # seconds of training
 PAPER_METHODS=${PAPER_METHODS:-thor}  # evaluated at 128x128 (estimated 1-2 minutes each on an H200, not measured yet)
 DEMO_METHODS=${DEMO_METHODS:-}  # e.g. thor,ddpm,autoddpm: benchmark the demo candidate meanwhile
+DEMO_SHIPPED=${DEMO_SHIPPED:-bundles/ddpm/models/model.pt}  # model_simplex.pt for anoddpm,thor_simplex
+DEMO_CANDIDATE=${DEMO_CANDIDATE:-}  # weights file; default: the EMA of the newest bundles/ddpm/models/resume checkpoint
 CHECK_FLOAT=${CHECK_FLOAT:-0}  # 1: also check the float weights (the int8 copy matched them to 0.001 SSIM)
 INIT=${INIT:-}
 W=${WORK:-outputs/gpu_work}
@@ -59,13 +62,16 @@ train_pid=$!
 
 # ---------------------------------------------------------------- 2. demo candidate vs shipped, 64x64 (meanwhile)
 if [ -n "$DEMO_METHODS" ]; then
-    resume=$(ls -t bundles/ddpm/models/resume/*.pt | head -1)
-    mkdir -p "$W/candidate"
-    $PY -c "import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True)['ema'], sys.argv[2])" \
-        "$resume" "$W/candidate/model.pt"
-    log "demo candidate: EMA of $resume"
+    candidate=$DEMO_CANDIDATE
+    if [ -z "$candidate" ]; then
+        resume=$(ls -t bundles/ddpm/models/resume/*.pt | head -1)
+        mkdir -p "$W/candidate" && candidate=$W/candidate/model.pt
+        $PY -c "import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True)['ema'], sys.argv[2])" \
+            "$resume" "$candidate"
+    fi
+    log "demo candidate: $candidate ${resume:+(EMA of $resume)} against $DEMO_SHIPPED"
     for tag in shipped candidate; do
-        weights=bundles/ddpm/models/model.pt; [ $tag = candidate ] && weights=$W/candidate/model.pt
+        weights=$DEMO_SHIPPED; [ $tag = candidate ] && weights=$candidate
         overlay=$(weights_overlay "$weights" "$W/demo_$tag.json")
         timeout $TIMEOUT $PY -m monai_diffad.evaluate --methods "$DEMO_METHODS" --data data_cache/dev_64.npz \
             "${DEMO[@]}" --overlay "$overlay" --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress \
