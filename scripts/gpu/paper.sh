@@ -5,8 +5,8 @@
 # then calibrate THOR's label threshold and evaluate PAPER_METHODS on the 128x128 development set with the int8
 # weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
 # INIT=file continues from earlier exported weights (int8 or float) with a fresh optimiser (train.json init_weights).
-# With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (DEMO_CANDIDATE, default the EMA of the
-# resume checkpoint in bundles/ddpm/models/resume/) are evaluated against the shipped DEMO_SHIPPED at 64x64 while the
+# With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (DEMO_CANDIDATE: a weights file, or a
+# training checkpoint whose EMA is taken) are evaluated against the shipped DEMO_SHIPPED at 64x64 while the
 # paper network trains, and calibrated (Simplex: DEMO_METHODS=anoddpm,thor_simplex and model_simplex.pt files).
 # The weights (int8 and float16, split into 15 MB parts) go to $OUT as soon as training ends, so a session that runs
 # out of time still brings them back; logs, thresholds and reports follow.
@@ -26,9 +26,10 @@ T_TRAIN=${T_TRAIN:-$([ "$SMOKE" = 1 ] && echo 20 || echo 300)}  # seconds of tra
 PAPER_METHODS=${PAPER_METHODS:-thor}  # evaluated at 128x128 (estimated 1-2 minutes each on an H200, not measured yet)
 DEMO_METHODS=${DEMO_METHODS:-}  # e.g. thor,ddpm,autoddpm: benchmark the demo candidate meanwhile
 DEMO_SHIPPED=${DEMO_SHIPPED:-bundles/ddpm/models/model.pt}  # model_simplex.pt for anoddpm,thor_simplex
-DEMO_CANDIDATE=${DEMO_CANDIDATE:-}  # weights file; default: the EMA of the newest bundles/ddpm/models/resume checkpoint
+DEMO_CANDIDATE=${DEMO_CANDIDATE:-}  # weights file, or a checkpoint_*.pt (its "ema" entry); needed with DEMO_METHODS
 CHECK_FLOAT=${CHECK_FLOAT:-0}  # 1: also check the float weights (the int8 copy matched them to 0.001 SSIM)
 INIT=${INIT:-}
+if [ -n "$DEMO_METHODS" ] && [ -z "$DEMO_CANDIDATE" ]; then echo "DEMO_METHODS needs DEMO_CANDIDATE" >&2; exit 2; fi
 W=${WORK:-outputs/gpu_work}
 mkdir -p "$W"
 source "$(dirname "$0")/env.sh"
@@ -63,13 +64,12 @@ train_pid=$!
 # ---------------------------------------------------------------- 2. demo candidate vs shipped, 64x64 (meanwhile)
 if [ -n "$DEMO_METHODS" ]; then
     candidate=$DEMO_CANDIDATE
-    if [ -z "$candidate" ]; then
-        resume=$(ls -t bundles/ddpm/models/resume/*.pt | head -1)
+    if [[ "$(basename "$candidate")" == checkpoint_* ]]; then  # a training checkpoint: its EMA weights
         mkdir -p "$W/candidate" && candidate=$W/candidate/model.pt
         $PY -c "import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True)['ema'], sys.argv[2])" \
-            "$resume" "$candidate"
+            "$DEMO_CANDIDATE" "$candidate"
     fi
-    log "demo candidate: $candidate ${resume:+(EMA of $resume)} against $DEMO_SHIPPED"
+    log "demo candidate: $candidate (from $DEMO_CANDIDATE) against $DEMO_SHIPPED"
     for tag in shipped candidate; do
         weights=$DEMO_SHIPPED; [ $tag = candidate ] && weights=$candidate
         overlay=$(weights_overlay "$weights" "$W/demo_$tag.json")
