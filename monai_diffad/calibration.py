@@ -9,6 +9,11 @@ lowest of ``num_thresholds`` values in [0, 1) at which, averaged over healthy im
 Usage::
 
     python -m monai_diffad.calibration --bundle thor --data data_cache/dev_64.npz --fpr 0.05 --write
+
+A benchmark run (``python -m monai_diffad.evaluate``) measures the same threshold on its lesion-free slices; to store
+that one instead of running the method again::
+
+    python -m monai_diffad.calibration --bundle thor --from-results docs/results/<run>/results.json --write
 """
 
 from __future__ import annotations
@@ -23,9 +28,94 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from monai.metrics import CumulativeIterationMetric
+
 from monai_diffad.metrics.pooled import as_tensor, as_unit_maps
 
-__all__ = ["healthy_fpr_threshold", "calibrate_bundle", "write_threshold"]
+__all__ = [
+    "CALIBRATION_FPR",
+    "flagged_share_curve",
+    "threshold_at_fpr",
+    "healthy_fpr_threshold",
+    "HealthyFPRThresholdMetric",
+    "calibrate_bundle",
+    "threshold_from_results",
+    "write_threshold",
+]
+
+#: default tolerated share of healthy brain pixels above a label threshold
+CALIBRATION_FPR = 0.05
+
+
+def flagged_share_curve(
+    maps: torch.Tensor, masks: torch.Tensor | None = None, num_thresholds: int = 1000
+) -> torch.Tensor:
+    """Per image, the share of foreground pixels above each threshold ``k / num_thresholds``, ``k = 0 ... T - 1``.
+
+    Args:
+        maps: ``(N, 1, *spatial)`` anomaly maps in [0, 1].
+        masks: optional foreground masks of the same shape (pixels outside are not counted).
+        num_thresholds: grid size ``T`` over [0, 1).
+
+    Returns:
+        ``(N, T)`` float64 shares in [0, 1], non-increasing along the thresholds.
+
+    Raises:
+        TypeError: ``maps`` or ``masks`` is not a tensor or array.
+        ValueError: ``num_thresholds`` out of range, maps empty, not finite or outside [0, 1] (a NaN would never
+            count as flagged), shapes differ, or a mask is empty or not finite.
+    """
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 1:
+        raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}.")
+    maps = as_unit_maps(maps, "maps")
+    if maps.ndim < 2 or maps.numel() == 0:
+        raise ValueError(f"maps must be a non-empty (N, 1, *spatial) batch, got shape {tuple(maps.shape)}.")
+    flat = maps.flatten(1).float().cpu()
+    if masks is None:
+        valid = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        masks = as_tensor(masks, "masks")
+        if masks.shape != maps.shape:
+            raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}.")
+        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+            raise ValueError("masks contain NaN or infinite values.")
+        valid = masks.cpu().flatten(1) > 0
+    counts = valid.sum(1)
+    if (counts == 0).any():
+        raise ValueError("a foreground mask is empty; cannot measure its false-positive rate.")
+    grid = threshold_grid(num_thresholds).float()
+    # a pixel is above the thresholds of the grid points strictly below it: one histogram per image, not T passes
+    above_from = torch.searchsorted(grid, flat, right=False)
+    shares = torch.empty(flat.shape[0], num_thresholds, dtype=torch.float64)
+    for i in range(flat.shape[0]):
+        hist = torch.bincount(above_from[i][valid[i]], minlength=num_thresholds + 1).double()
+        # pixels above threshold k: those whose count of grid points below them exceeds k
+        shares[i] = hist.flip(0).cumsum(0).flip(0)[1:] / counts[i]
+    return shares
+
+
+def threshold_grid(num_thresholds: int = 1000) -> torch.Tensor:
+    """The candidate thresholds ``k / num_thresholds``, ``k = 0 ... num_thresholds - 1``, as float64."""
+    return torch.arange(num_thresholds, dtype=torch.float64) / num_thresholds
+
+
+def threshold_at_fpr(shares: torch.Tensor, fpr: float = 0.05) -> float:
+    """Lowest grid threshold whose mean share over images is ≤ ``fpr`` (the last one when none is).
+
+    Args:
+        shares: ``(N, T)`` output of :func:`flagged_share_curve`.
+        fpr: tolerated share of healthy pixels flagged, in (0, 1).
+
+    Raises:
+        ValueError: ``fpr`` out of range or ``shares`` not a non-empty ``(N, T)`` tensor.
+    """
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
+    if shares.ndim != 2 or shares.numel() == 0:
+        raise ValueError(f"shares must be a non-empty (N, T) tensor, got shape {tuple(shares.shape)}.")
+    grid = threshold_grid(shares.shape[1])
+    meeting = torch.nonzero(shares.double().mean(0) <= fpr)
+    return float(grid[meeting[0, 0]] if len(meeting) else grid[-1])
 
 
 def healthy_fpr_threshold(
@@ -49,30 +139,39 @@ def healthy_fpr_threshold(
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 1:
-        raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}.")
-    maps = as_unit_maps(maps, "maps")
-    if maps.ndim < 2 or maps.numel() == 0:
-        raise ValueError(f"maps must be a non-empty (N, 1, *spatial) batch, got shape {tuple(maps.shape)}.")
-    flat = maps.flatten(1).float()
-    if masks is None:
-        valid = torch.ones_like(flat, dtype=torch.bool)
-    else:
-        masks = as_tensor(masks, "masks")
-        if masks.shape != maps.shape:
-            raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}.")
-        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
-            raise ValueError("masks contain NaN or infinite values.")
-        valid = masks.to(flat.device).flatten(1) > 0
-    counts = valid.sum(1)
-    if (counts == 0).any():
-        raise ValueError("a foreground mask is empty; cannot measure its false-positive rate.")
-    grid = torch.arange(num_thresholds, dtype=torch.float64) / num_thresholds
-    for th in grid.tolist():
-        share = ((flat > th) & valid).sum(1).double() / counts
-        if share.mean() <= fpr:
-            return float(th)
-    return float(grid[-1])
+    return threshold_at_fpr(flagged_share_curve(maps, masks, num_thresholds), fpr)
+
+
+class HealthyFPRThresholdMetric(CumulativeIterationMetric):
+    """:func:`healthy_fpr_threshold` accumulated batch by batch, e.g. over the lesion-free slices of a benchmark.
+
+    Call it per batch as ``metric(y_pred=maps, y=masks)`` with ``(B, 1, *spatial)`` maps in [0, 1] and foreground
+    masks of the same shape; ``get_buffer()`` holds one row of :func:`flagged_share_curve` per image (gathered
+    from every rank in a distributed run) and ``aggregate()`` returns the threshold.
+
+    Args:
+        fpr: tolerated share of healthy pixels flagged, in (0, 1).
+        num_thresholds: grid size over [0, 1).
+    """
+
+    def __init__(self, fpr: float = CALIBRATION_FPR, num_thresholds: int = 1000) -> None:
+        super().__init__()
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
+        self.fpr = fpr
+        self.num_thresholds = num_thresholds
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return flagged_share_curve(y_pred, y, self.num_thresholds)
+
+    def aggregate(self) -> float:  # type: ignore[override]
+        """The threshold over every image so far; ``nan`` before any."""
+        buffer = self.get_buffer()
+        if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
+            return float("nan")
+        return threshold_at_fpr(buffer, self.fpr)
 
 
 def calibrate_bundle(
@@ -123,6 +222,57 @@ def calibrate_bundle(
     return {"threshold": threshold, "fpr": fpr, "num_images": int(len(healthy)), "data": data, "bundle": bundle}
 
 
+def threshold_from_results(results_file: str, method: str, bundles_dir: str = "bundles") -> dict:
+    """The calibrated threshold a benchmark run measured on its lesion-free slices (``python -m monai_diffad.evaluate``).
+
+    The benchmark runs the method on every lesion-free slice of its set anyway; its ``calibrated_threshold`` follows
+    the protocol of :func:`calibrate_bundle` on the same slices (only the noise draws differ), so a candidate's
+    benchmark also calibrates it. The weights the run used must be the bundle's present ones (SHA-256 compared).
+
+    Args:
+        results_file: ``results.json`` of the run.
+        method: method name in that run, e.g. ``thor`` or ``thor_simplex``.
+        bundles_dir: folder holding the bundle whose weights must match.
+
+    Returns:
+        ``{"threshold", "fpr", "num_images", "data", "bundle", "results"}``.
+
+    Raises:
+        ValueError: the file is not a benchmark report, the method is missing, did not run or has no calibrated
+            threshold (a report from before it was recorded), or it ran with other weights than the bundle holds.
+    """
+    from monai_diffad.evaluate import build_method
+
+    try:
+        with open(results_file) as f:
+            report = json.load(f)
+        entries = {m["name"]: m for m in report["methods"]}
+        data = report["metadata"]["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: not JSON, or not text at all
+        raise ValueError(f"'{results_file}' is not a readable results.json of monai_diffad.evaluate: {e}") from e
+    entry = entries.get(method)
+    if entry is None or entry.get("status") != "ok":
+        raise ValueError(f"'{results_file}' has no completed run of '{method}' (it has: {sorted(entries)}).")
+    threshold = entry["metrics"].get("calibrated_threshold")
+    if threshold is None or not np.isfinite(threshold):
+        raise ValueError(f"'{results_file}' records no calibrated threshold for '{method}'; rerun the benchmark.")
+    present = build_method(method, bundles_dir, device="cpu").settings["checkpoint_sha256"]
+    used = entry["settings"].get("checkpoint_sha256")
+    if used != present:
+        raise ValueError(
+            f"'{results_file}' ran '{method}' with weights {str(used)[:12]}..., but '{bundles_dir}' now holds "
+            f"{present[:12]}...; calibrate the weights you ship."
+        )
+    return {
+        "threshold": float(threshold),
+        "fpr": float(entry["metrics"]["calibration_fpr"]),
+        "num_images": int(data["items_per_stratum"]["none"]),
+        "data": data["source"],
+        "bundle": method,
+        "results": results_file,
+    }
+
+
 def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> None:
     """Store a calibration result in ``inference.json`` (``key``) and ``metadata.json``
     (``key`` and a ``<key>_calibration`` record).
@@ -145,6 +295,7 @@ def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> No
     meta[f"{key}_calibration"] = (
         f"lowest of 1000 thresholds with mean share of healthy brain pixels above it <= {result['fpr']:.0%}, on "
         f"{result['num_images']} lesion-free slices of {os.path.basename(result['data'])}"
+        + (f", measured by the benchmark run {result['results']}" if result.get("results") else "")
     )
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=4)
@@ -154,8 +305,12 @@ def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> No
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_diffad.calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="method/bundle name, e.g. thor")
-    parser.add_argument("--data", required=True, help="development set npz or datalist")
-    parser.add_argument("--fpr", type=float, default=0.05)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="development set npz or datalist to run the method on")
+    source.add_argument(
+        "--from-results", metavar="RESULTS_JSON", help="take the threshold a benchmark run measured (no new run)"
+    )
+    parser.add_argument("--fpr", type=float, default=CALIBRATION_FPR)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
@@ -165,10 +320,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.write and args.overlay:
         parser.error("--write stores the bundle's own threshold; with --overlay, put the printed value in your config.")
-    result = calibrate_bundle(
-        args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, bundles_dir=args.bundles_dir,
-        overlays=args.overlay,
-    )
+    if args.from_results:
+        if args.overlay:
+            parser.error("--from-results takes the run's threshold as measured; --overlay does not apply.")
+        try:
+            result = threshold_from_results(args.from_results, args.bundle, args.bundles_dir)
+        except ValueError as e:
+            parser.error(str(e))
+        if not np.isclose(result["fpr"], args.fpr):
+            parser.error(f"the run calibrated at fpr {result['fpr']}, not {args.fpr}.")
+    else:
+        result = calibrate_bundle(
+            args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, bundles_dir=args.bundles_dir,
+            overlays=args.overlay,
+        )
     print(json.dumps(result, indent=2))
     if args.write:
         from monai_diffad.evaluate.methods import METHOD_VARIANTS

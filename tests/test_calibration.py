@@ -86,3 +86,32 @@ def test_thor_bundle_uses_the_threshold_of_its_noise_type():
     parser["noise_type"] = "simplex"
     assert parser.get_parsed_content("active_threshold") == parser["threshold_simplex"] != gaussian
     assert parser.get_parsed_content("checkpoint").endswith("model_simplex.pt")
+
+
+def test_flagged_share_curve_matches_a_threshold_by_threshold_count():
+    from monai_diffad.calibration import flagged_share_curve
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((3, 1, 8, 8)).astype(np.float32)
+    maps[0, 0, :2] = np.arange(16).reshape(2, 8) / 10  # values exactly on the grid are not above it
+    maps = np.clip(maps, 0, 1)
+    masks = rng.random((3, 1, 8, 8)) > 0.3
+    shares = flagged_share_curve(maps, masks, num_thresholds=10)
+    flat, valid = torch.from_numpy(maps).flatten(1), torch.from_numpy(masks).flatten(1)
+    expected = torch.stack([((flat > k / 10) & valid).sum(1) / valid.sum(1) for k in range(10)], 1)
+    torch.testing.assert_close(shares, expected.double())
+
+
+def test_threshold_metric_accumulates_batches_like_one_call():
+    from monai_diffad.calibration import HealthyFPRThresholdMetric
+
+    rng = np.random.default_rng(4)
+    maps = torch.from_numpy(rng.random((7, 1, 6, 6)).astype(np.float32) ** 3)
+    masks = torch.from_numpy(rng.random((7, 1, 6, 6)) > 0.2)
+    metric = HealthyFPRThresholdMetric(fpr=0.1)
+    assert np.isnan(metric.aggregate())
+    metric(maps[:3], masks[:3])
+    metric(maps[3:], masks[3:])
+    assert metric.aggregate() == healthy_fpr_threshold(maps, masks, 0.1)
+    with pytest.raises(ValueError, match="fpr"):
+        HealthyFPRThresholdMetric(fpr=1.0)

@@ -16,6 +16,8 @@ from monai.bundle import run as bundle_run
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from monai_diffad import DDPMAnomalyInferer
+from monai_diffad.calibration import healthy_fpr_threshold, threshold_from_results
+from monai_diffad.calibration import main as calibration_main
 from monai_diffad.evaluate import (
     METRIC_COLUMNS,
     REPORT_FILES,
@@ -165,6 +167,9 @@ def test_evaluate_method_matches_direct_oracles():
     free = CLASSES == 0
     flagged = (maps[free] >= np.float32(threshold)) & brain[free]
     assert m["flagged_fraction"] == pytest.approx(flagged.sum() / brain[free].sum())
+    # the bundle calibration's threshold, measured on the same lesion-free maps
+    assert m["calibrated_threshold"] == healthy_fpr_threshold(maps[free], brain[free], 0.05)
+    assert m["calibration_fpr"] == 0.05
     assert m["image_auroc"] == pytest.approx(roc_auc_score(CLASSES != 0, scores))
     images = torch.as_tensor(arrays["images"][:, None])
     assert m["mse"] == pytest.approx(float(((healthy[free] - images[free]) ** 2).mean()), rel=1e-5)
@@ -207,6 +212,45 @@ def test_run_evaluation_writes_report_and_skips_unavailable(workspace):
     report = json.loads((workspace["out"] / "results.json").read_text(), parse_constant=refuse)
     assert report["metadata"]["data"]["items_per_stratum"] == {"none": 2, "small": 2, "medium": 1, "large": 1}
     assert report["methods"][0]["settings"]["checkpoint_sha256"]
+
+
+def test_benchmark_run_calibrates_the_bundle_it_ran(workspace, capsys):
+    run_evaluation(
+        ["ddpm"], str(workspace["data"]), str(workspace["out"]), bundles_dir=str(workspace["bundles"]),
+        device="cpu", progress=False,
+    )
+    results = workspace["out"] / "results.json"
+    measured = json.loads(results.read_text())["methods"][0]["metrics"]["calibrated_threshold"]
+    assert "healthy FPR" in (workspace["out"] / "results.md").read_text()
+    result = threshold_from_results(str(results), "ddpm", str(workspace["bundles"]))
+    assert result["threshold"] == measured and result["fpr"] == 0.05 and result["num_images"] == 2
+    # --write edits the bundle's threshold, noting the run it came from
+    bundle = workspace["bundles"] / "ddpm"
+    config = json.loads((bundle / "inference.json").read_text())
+    (bundle / "inference.json").write_text(json.dumps({**config, "threshold": 0.5}, indent=1))
+    (bundle / "metadata.json").write_text('{"version": "0.1.0"}')
+    argv = ["--bundle", "ddpm", "--from-results", str(results), "--bundles_dir", str(workspace["bundles"])]
+    assert calibration_main([*argv, "--write"]) == 0
+    assert json.loads((bundle / "inference.json").read_text())["threshold"] == round(measured, 4)
+    assert str(results) in json.loads((bundle / "metadata.json").read_text())["threshold_calibration"]
+    # another fpr, other weights, a method the run lacks and a report from before the threshold was recorded
+    for extra, match in ((["--fpr", "0.01"], "fpr 0.05"),):
+        with pytest.raises(SystemExit):
+            calibration_main([*argv, *extra])
+        assert match in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no completed run of 'thor'"):
+        threshold_from_results(str(results), "thor", str(workspace["bundles"]))
+    report = json.loads(results.read_text())
+    del report["methods"][0]["metrics"]["calibrated_threshold"]
+    old = workspace["out"] / "old.json"
+    old.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="rerun the benchmark"):
+        threshold_from_results(str(old), "ddpm", str(workspace["bundles"]))
+    with pytest.raises(ValueError, match="not a readable results.json"):
+        threshold_from_results(str(workspace["data"]), "ddpm", str(workspace["bundles"]))
+    torch.save(tiny_network(seed=1).state_dict(), json.loads((bundle / "inference.json").read_text())["checkpoint"])
+    with pytest.raises(ValueError, match="now holds"):
+        threshold_from_results(str(results), "ddpm", str(workspace["bundles"]))
 
 
 def test_cli_overrides_failures_and_exit_status(workspace, capsys):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import monai_diffad
+from monai_diffad.calibration import CALIBRATION_FPR
 from monai_diffad.metrics import SIZE_STRATA
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ REPORT_FILES = ("results.md", "results.csv", "results.json", "pr_curves.png", "e
 #: metric columns of ``results.csv`` (raw fractions), in order
 METRIC_COLUMNS = tuple(
     [f"{m}_{s}" for m in ("dice", "auprc", "auroc") for s in ("all", "small", "medium", "large")]
-    + ["threshold_all", "flagged_fraction", "image_auroc", "ssim", "mse", "mae", "seconds_per_image"]
+    + ["threshold_all", "flagged_fraction", "calibrated_threshold", "image_auroc", "ssim", "mse", "mae", "seconds_per_image"]
 )
 _STRATUM_HEADERS = {"all": "avg", "small": "small", "medium": "medium", "large": "large"}
 _SYNTHETIC_NOTE = (
@@ -201,6 +202,7 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         ("Method", lambda r: f"{r.label} ({_noise_label(r.noise)})", None),
         _metric_column("best threshold", "threshold_all", lambda v: _fmt(v), bold=False),
         _metric_column("lesion-free px flagged (%)", "flagged_fraction", _percent, bold=False),
+        _metric_column(f"threshold at {CALIBRATION_FPR:.0%} healthy FPR", "calibrated_threshold", lambda v: _fmt(v, digits=3), False),
         _metric_column("image AUROC", "image_auroc", _percent),
         _metric_column("recon SSIM", "ssim", lambda v: _fmt(v, digits=3)),
         _metric_column("recon MSE", "mse", lambda v: _fmt(v, digits=4), bold=False),
@@ -216,7 +218,10 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
     lines += [
         "",
         "Best threshold: the one giving the avg max-Dice; *lesion-free px flagged*: share of the brain pixels of the "
-        "lesion-free slices with map >= that threshold.",
+        "lesion-free slices with map >= that threshold. "
+        f"*Threshold at {CALIBRATION_FPR:.0%} healthy FPR*: the label threshold a bundle stores (lowest one flagging "
+        "at most that share of their brain pixels), measured on the lesion-free slices; "
+        "`python -m monai_diffad.calibration --from-results` writes it.",
         "",
         "![precision-recall curves](pr_curves.png)",
         "",

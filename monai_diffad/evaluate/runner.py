@@ -30,6 +30,7 @@ from monai.bundle import ConfigParser
 from monai.utils import look_up_option
 from tqdm.auto import tqdm
 
+from monai_diffad.calibration import CALIBRATION_FPR, HealthyFPRThresholdMetric
 from monai_diffad.evaluate.dataset import EvaluationSet, load_evaluation_set, resolve_data_path, select_items
 from monai_diffad.evaluate.distributed import (
     all_gather_objects,
@@ -91,6 +92,8 @@ class MethodMetrics:
         self.auroc = StratifiedMetric(partial(AUROCMetric, n_bins))
         self.reconstruction = ReconstructionMetric(spatial_dims=2, data_range=1.0)
         self.image_auroc = ImageAUROCMetric()
+        # the label threshold the bundle's calibration would pick, from the lesion-free maps computed here anyway
+        self.healthy_fpr = HealthyFPRThresholdMetric(CALIBRATION_FPR)
 
     def update(self, output: AnomalyOutput, batch: Mapping[str, torch.Tensor]) -> None:
         """Add one batch.
@@ -113,6 +116,7 @@ class MethodMetrics:
         if bool(lesion_free.any()):
             healthy = output.pseudo_healthy.detach().float().cpu()
             self.reconstruction(healthy[lesion_free], batch["image"].cpu()[lesion_free])
+            self.healthy_fpr(maps[lesion_free], brain[lesion_free])
         self.image_auroc(output.score.detach().float().cpu(), (~lesion_free).long())
 
     @staticmethod
@@ -149,7 +153,9 @@ class MethodMetrics:
         Returns:
             ``(metrics, curves)``. ``metrics`` maps ``dice_<s>``, ``threshold_<s>``, ``auprc_<s>``, ``auroc_<s>`` for
             ``s`` in :data:`REPORTED_STRATA`, ``flagged_fraction`` (lesion-free brain pixels with map >= the best
-            "all" threshold), ``image_auroc``, ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
+            "all" threshold), ``calibrated_threshold`` (lowest threshold flagging at most ``calibration_fpr`` of the
+            lesion-free brain pixels, :func:`~monai_diffad.calibration.healthy_fpr_threshold`), ``image_auroc``,
+            ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
             where undefined (e.g. a stratum without items). ``curves`` holds ``precision``, ``recall`` (pooled "all"
             pixels) and ``dice`` (101 thresholds) as float64 arrays.
         """
@@ -166,6 +172,8 @@ class MethodMetrics:
             metrics["flagged_fraction"] = (
                 none_dice.flagged_fraction(threshold) if not math.isnan(threshold) else float("nan")
             )
+            metrics["calibrated_threshold"] = self.healthy_fpr.aggregate()
+            metrics["calibration_fpr"] = self.healthy_fpr.fpr
             metrics["image_auroc"] = self.image_auroc.aggregate()
             metrics.update(self.reconstruction.aggregate())
             precision, recall = self.auprc.metrics["all"].curve()

@@ -2,12 +2,13 @@
 # One GPU session for the reference (paper-size) DDPM, 18.04 M parameters at 128x128: train it
 # (bundles/ddpm/train.json + train_paper.json) for T_TRAIN seconds, store its EMA weights as int8
 # (python -m monai_diffad.quantization), check the int8 copy against the float one by partial-noise reconstruction,
-# then calibrate THOR's label threshold and evaluate PAPER_METHODS on the 128x128 development set with the int8
-# weights (what ships), through the inference_paper.json overlay, in bf16 autocast.
+# then evaluate PAPER_METHODS on the 128x128 development set with the int8 weights (what ships), through the
+# inference_paper.json overlay, in bf16 autocast. Each evaluation also measures the methods' label thresholds at 5 %
+# healthy FPR (results.json; python -m monai_diffad.calibration --from-results writes one into a bundle).
 # INIT=file continues from earlier exported weights (int8 or float) with a fresh optimiser (train.json init_weights).
 # With DEMO_METHODS=thor,ddpm,autoddpm, the demo network's candidate weights (DEMO_CANDIDATE: a weights file, or a
 # training checkpoint whose EMA is taken) are evaluated against the shipped DEMO_SHIPPED at 64x64 while the
-# paper network trains, and calibrated (Simplex: DEMO_METHODS=anoddpm,thor_simplex and model_simplex.pt files).
+# paper network trains (Simplex: DEMO_METHODS=anoddpm,thor_simplex and model_simplex.pt files).
 # The weights (int8 and float16, split into 15 MB parts) go to $OUT as soon as training ends, so a session that runs
 # out of time still brings them back; logs, thresholds and reports follow.
 #
@@ -39,7 +40,7 @@ DEMO=()
 
 if [ "$SMOKE" = 1 ]; then
     TRAIN="--batch_size 2 --epoch_length 2 --val_interval 1 --train_loader#num_workers 0"
-    LIMIT="--limit 4"; CAL_LIMIT="--limit 2"; EVAL_BATCH=2; TIMEOUT=900; LEVELS="3"; RECON_NUM=2
+    LIMIT="--limit 4"; EVAL_BATCH=2; TIMEOUT=900; LEVELS="3"; RECON_NUM=2
     # short schedules as overlays (each applies where it fits): 3 noise steps for all, THOR's harmonization at 2
     echo '{"noise_level": 3}' > "$W/smoke_steps.json"
     echo '{"harmonization_steps": [2], "record_interval": 1}' > "$W/smoke_thor.json"
@@ -47,8 +48,12 @@ if [ "$SMOKE" = 1 ]; then
     for f in steps thor autoddpm; do PAPER+=(--overlay "$W/smoke_$f.json"); DEMO+=(--overlay "$W/smoke_$f.json"); done
 else
     TRAIN="--val_interval 200 --train_loader#num_workers 12 --train_loader#persistent_workers True"
-    LIMIT=""; CAL_LIMIT=""; EVAL_BATCH=100; TIMEOUT=120; LEVELS="200 350"; RECON_NUM=8
+    LIMIT=""; EVAL_BATCH=100; TIMEOUT=120; LEVELS="200 350"; RECON_NUM=8
 fi
+thresholds() {  # the label thresholds a benchmark measured (calibration --from-results stores them in a bundle)
+    $PY -c "import json, sys; [print('threshold at 5% healthy FPR:', m['name'], m['metrics'].get('calibrated_threshold'))
+        for m in json.load(open(sys.argv[1]))['methods'] if m['status'] == 'ok']" "$1" 2>/dev/null
+}
 weights_overlay() {  # $1 = weights file, $2 = overlay to write; prints the overlay's path
     echo "{\"checkpoint\": \"$(cd "$(dirname "$1")" && pwd)/$(basename "$1")\"}" > "$2" && echo "$2"
 }
@@ -78,11 +83,7 @@ if [ -n "$DEMO_METHODS" ]; then
             $LIMIT --out "$W/demo_$tag" --override all.max_batch_size=$EVAL_BATCH > "$W/demo_$tag.log" 2>&1
         log "demo $tag evaluate exit $?"
         grep -h "^| " "$W/demo_$tag/results.md" 2>/dev/null | head -8
-    done
-    for method in ${DEMO_METHODS//,/ }; do
-        timeout $TIMEOUT $PY -m monai_diffad.calibration --bundle "$method" --data data_cache/dev_64.npz "${DEMO[@]}" \
-            --overlay "$W/demo_candidate.json" --device "$DEVICE" $CAL_LIMIT > "$W/calibration_demo_$method.log" 2>&1
-        log "demo candidate calibration $method exit $?: $(grep -h '"threshold"' "$W/calibration_demo_$method.log")"
+        thresholds "$W/demo_$tag/results.json"
     done
 fi
 
@@ -110,16 +111,14 @@ for tag in $([ "$CHECK_FLOAT" = 1 ] && echo float) int8; do
 done
 PAPER+=(--overlay "$(weights_overlay "$int8" "$W/paper_weights.json")")
 
-# ---------------------------------------------------------------- 4. THOR's threshold and the evaluation at 128x128
-timeout $TIMEOUT $PY -m monai_diffad.calibration --bundle thor --data data_cache/dev_128.npz "${PAPER[@]}" \
-    --device "$DEVICE" $CAL_LIMIT > "$W/calibration_paper_thor.log" 2>&1
-log "paper calibration exit $?: $(grep -h '"threshold"' "$W/calibration_paper_thor.log")"
+# ---------------------------------------------------------------- 4. the evaluation at 128x128 (and its thresholds)
 for method in ${PAPER_METHODS//,/ }; do
     timeout $TIMEOUT $PY -m monai_diffad.evaluate --methods $method --data data_cache/dev_128.npz "${PAPER[@]}" \
         --seed 0 --device "$DEVICE" --batch-size $EVAL_BATCH --no-progress $LIMIT --out "$W/paper_$method" \
         --override all.max_batch_size=$EVAL_BATCH > "$W/paper_$method.log" 2>&1
     log "paper evaluate $method exit $?"
     grep -h "^| " "$W/paper_$method/results.md" 2>/dev/null | head -4
+    thresholds "$W/paper_$method/results.json"
 done
 
 # ---------------------------------------------------------------- 5. logs and reports
