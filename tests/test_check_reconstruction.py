@@ -59,3 +59,13 @@ def test_cli_prints_json(dev_npz, demo_weights, capsys):
     assert main(["--weights", demo_weights, "--dev-npz", dev_npz, "--levels", "1", "--num", "1"]) == 0
     out = capsys.readouterr().out
     assert "L=1" in json.loads(out[out.index("{"):])
+
+
+def test_simplex_noise_check_runs_and_differs_from_gaussian(dev_npz, demo_weights):
+    gaussian = reconstruction_report(demo_weights, dev_npz, levels=(3,), num=1)["L=3"]
+    simplex = reconstruction_report(demo_weights, dev_npz, levels=(3,), num=1, noise_type="simplex")["L=3"]
+    assert simplex["healthy_mse"] != gaussian["healthy_mse"]
+    again = reconstruction_report(demo_weights, dev_npz, levels=(3,), num=1, noise_type="simplex")["L=3"]
+    assert again == simplex
+    with pytest.raises(ValueError, match="simplex"):
+        reconstruction_report(demo_weights, dev_npz, levels=(3,), num=1, noise_type="perlin")

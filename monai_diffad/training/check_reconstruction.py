@@ -1,9 +1,9 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Quality check of trained DDPM weights: partial-noise reconstruction of held-out slices.
 
-Healthy (lesion-free) Colin27 slices of the development set are noised to level ``L`` with
-``scheduler.add_noise`` and restored by ``scheduler.step`` from ``t = L`` down to 0 (``L + 1`` network calls,
-network range [-1, 1]). Reports MSE and SSIM against the input (a good model reproduces healthy anatomy) and,
+Healthy (lesion-free) Colin27 slices of the development set are noised to level ``L`` and restored from
+``t = L`` down to 0 (``L + 1`` network calls, network range [-1, 1]) with Gaussian or Simplex noise, the noise the
+weights were trained with. Reports MSE and SSIM against the input (a good model reproduces healthy anatomy) and,
 on lesion slices, the mean intensity change inside versus outside the lesion (a good model removes lesions).
 
 Usage: ``python -m monai_diffad.training.check_reconstruction --weights bundles/ddpm/models/model.pt
@@ -22,6 +22,7 @@ import torch
 from monai.metrics import SSIMMetric
 from monai.networks.schedulers import DDPMScheduler
 
+from monai_diffad.inferers import DDPMAnomalyInferer, SeededNoise
 from monai_diffad.networks import DEMO_UNET, PAPER_UNET, ddpm_scheduler, load_diffusion_unet
 
 __all__ = ["partial_noise_reconstruct", "reconstruction_report"]
@@ -33,29 +34,30 @@ def partial_noise_reconstruct(
     network: torch.nn.Module,
     scheduler: DDPMScheduler,
     level: int,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    noise_type: str = "gaussian",
 ) -> torch.Tensor:
     """Noise ``[0, 1]`` images to ``level`` and run the DDPM reverse process back to 0.
 
+    The forward noise and the noise of every reverse step are of ``noise_type``, drawn from per-image streams
+    (image ``i`` uses seed ``seed + i``), exactly as the inferers draw them
+    (:meth:`~monai_diffad.inferers.DiffusionAnomalyInferer.partial_reverse`).
+
     Args:
         images: ``(B, 1, H, W)`` in [0, 1].
-        network: epsilon-prediction UNet trained on ``2x - 1``.
+        network: epsilon-prediction UNet trained on ``2x - 1`` with ``noise_type`` noise.
         scheduler: the training scheduler (x0 clipped to [-1, 1]).
         level: starting timestep ``L`` in ``[0, num_train_timesteps)``.
-        generator: seeds the forward noise and every reverse step.
+        seed: first per-image seed.
+        noise_type: ``"gaussian"`` or ``"simplex"``.
 
     Returns:
         ``(B, 1, H, W)`` reconstructions in [0, 1].
     """
-    if not 0 <= level < scheduler.num_train_timesteps:
-        raise ValueError(f"level must be in [0, {scheduler.num_train_timesteps}), got {level}.")
-    x0 = images * 2 - 1
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    x = scheduler.add_noise(x0, noise, torch.full((x0.shape[0],), level, dtype=torch.long, device=x0.device))
-    for t in range(level, -1, -1):
-        eps = network(x, timesteps=torch.full((x.shape[0],), t, dtype=torch.long, device=x.device))
-        x, _ = scheduler.step(eps, t, x, generator=generator)
-    return ((x + 1) / 2).clamp(0, 1)
+    inferer = DDPMAnomalyInferer(scheduler, noise_level=level, noise_type=noise_type)
+    noise = SeededNoise(range(seed, seed + images.shape[0]), inferer.noise_type, images.device)
+    restored = inferer.partial_reverse(inferer.to_model(images), network, noise, inferer.noise_level)
+    return inferer.from_model(restored).clamp(0, 1)
 
 
 def reconstruction_report(
@@ -67,12 +69,14 @@ def reconstruction_report(
     png: str | None = None,
     network: str = "demo",
     device: str = "cpu",
+    noise_type: str = "gaussian",
 ) -> dict[str, dict[str, float]]:
     """Reconstruct ``num`` lesion-free and ``num`` lesion slices at each level and summarise the quality.
 
     ``network`` names the architecture of ``weights`` (``"demo"``: :data:`~monai_diffad.networks.DEMO_UNET`,
     ``"paper"``: :data:`~monai_diffad.networks.PAPER_UNET`); ``dev_npz`` must be at the resolution it was trained
-    at. The noise is drawn on ``device``, so figures from a CPU and a GPU differ by sampling alone.
+    at, and ``noise_type`` must be the noise it was trained with (``"simplex"`` for ``model_simplex.pt``). Gaussian
+    noise is drawn on the CPU, so CPU and GPU figures differ by float rounding alone.
 
     Returns:
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
@@ -96,8 +100,7 @@ def reconstruction_report(
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0)
     report, recons = {}, {}
     for level in levels:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        recon = partial_noise_reconstruct(images, unet, scheduler, level, generator) * brains
+        recon = partial_noise_reconstruct(images, unet, scheduler, level, seed, noise_type) * brains
         recons[level] = recon.cpu()
         h = slice(0, num)
         change = (recon - images).abs()
@@ -147,11 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--network", choices=("demo", "paper"), default="demo", help="architecture of --weights")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--noise-type", choices=("gaussian", "simplex"), default="gaussian", help="training noise")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = reconstruction_report(
-        args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device
-    )
+        args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device,
+        args.noise_type,
+    )  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0
 
