@@ -7,19 +7,26 @@ import glob
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from monai.bundle import ConfigParser
 from monai.utils import look_up_option
 
 from monai_diffad.noise import NoiseType
 from monai_diffad.quantization import materialize_int8
 
-__all__ = ["bundle_root", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES"]
+__all__ = ["bundle_root", "bundle_config", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES", "BRAIN_MASK_SUFFIX"]
 
 logger = logging.getLogger(__name__)
 
 #: file types the ITK and NIfTI readers take; DICOM series are given as folders of ``.dcm`` files.
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+#: datalist keys that hold file paths (made absolute, checked to exist)
+_PATH_KEYS = ("image", "label", "brain_mask")
+#: a file ``<name>_brain_mask<suffix>`` beside an image is that image's brain mask
+BRAIN_MASK_SUFFIX = "_brain_mask"
 
 
 def bundle_root(name: str) -> str:
@@ -42,6 +49,34 @@ def bundle_root(name: str) -> str:
         f"Bundle '{name}' not found (looked in {[str(c) for c in candidates]}); run from the repository root or set "
         "MONAI_DIFFAD_BUNDLES to the folder holding the bundles, or pass --bundle_root."
     )
+
+
+def bundle_config(
+    name: str, config_file: str = "inference.json", overrides: Mapping[str, Any] | None = None
+) -> ConfigParser:
+    """A parser of ``bundles/<name>/<config_file>`` with ``overrides`` applied, as ``monai.bundle run`` would build it.
+
+    Code that needs a piece of a bundle (its ``preprocessing``, ``network``, ``inferer``) takes it from here, so the
+    bundle stays the one definition of what a method does with an image.
+
+    Args:
+        name: bundle name (located by :func:`bundle_root`, unless ``overrides`` gives ``bundle_root``).
+        config_file: the config inside the bundle folder.
+        overrides: ``{key: value}`` set before parsing (``"a#b"`` paths allowed), e.g. ``{"image_size": 128}``.
+
+    Raises:
+        FileNotFoundError: the bundle or its config does not exist.
+    """
+    root = (overrides or {}).get("bundle_root") or bundle_root(name)
+    path = os.path.join(root, config_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Bundle '{name}' has no {config_file} (looked for {path}).")
+    parser = ConfigParser()
+    parser.read_config(path)
+    parser["bundle_root"] = root
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
 
 
 def _is_dicom_series(path: str) -> bool:
@@ -102,7 +137,8 @@ def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "
 
     Returns:
         Items in a stable order; datalist entries keep their other keys (label, brain_mask, ...), with paths made
-        absolute.
+        absolute. In a folder, ``<name>_brain_mask<suffix>`` files are not images but the ``brain_mask`` of
+        ``<name><suffix>``.
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no image.
@@ -117,16 +153,38 @@ def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "
         if split not in content:
             raise ValueError(f"Datalist '{datalist}' has no '{split}' list (has {sorted(content)}).")
         base = os.path.dirname(os.path.abspath(datalist))
-        return [
-            {k: (os.path.join(base, v) if isinstance(v, str) and not os.path.isabs(v) and k in ("image", "label",
-             "brain_mask") else v) for k, v in item.items()}
+        items = [
+            {k: (os.path.join(base, v) if isinstance(v, str) and not os.path.isabs(v) and k in _PATH_KEYS else v)
+             for k, v in item.items()}
             for item in content[split]
         ]
+        for item in items:
+            if "image" not in item:
+                raise ValueError(f"Datalist '{datalist}': an item of '{split}' has no 'image' key: {item}.")
+            for key in _PATH_KEYS:
+                if key in item and not os.path.exists(item[key]):
+                    raise FileNotFoundError(f"Datalist '{datalist}' lists {key} '{item[key]}', which does not exist.")
+        return items
     paths = sorted(
         p
         for p in glob.glob(os.path.join(dataset_dir, "*"))
         if (os.path.isfile(p) and p.lower().endswith(IMAGE_SUFFIXES)) or _is_dicom_series(p)
     )
-    if not paths:
+    masks = {p for p in paths if _split_suffix(p)[0].endswith(BRAIN_MASK_SUFFIX)}
+    images = [p for p in paths if p not in masks]
+    if not images:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)} or DICOM folders) found in '{dataset_dir}'.")
-    return [{"image": p} for p in paths]
+    items = []
+    for path in images:
+        stem, suffix = _split_suffix(path)
+        mask = stem + BRAIN_MASK_SUFFIX + suffix
+        items.append({"image": path, "brain_mask": mask} if mask in masks else {"image": path})
+    return items
+
+
+def _split_suffix(path: str) -> tuple[str, str]:
+    """``("/a/b", ".nii.gz")`` for ``/a/b.nii.gz``; DICOM folders have no suffix."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.lower().endswith(suffix):
+            return path[: -len(suffix)], path[-len(suffix) :]
+    return path, ""

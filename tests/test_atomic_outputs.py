@@ -15,7 +15,7 @@ from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import SaveImage
 
 from monai_diffad.handlers import AnomalyResultsWriter
-from monai_diffad.pipelines import inference_postprocessing, inference_preprocessing
+from monai_diffad.pipelines import inference_transforms
 from monai_diffad.transforms.io import AtomicNibabelWriter, atomic_path
 
 
@@ -76,18 +76,18 @@ def processed_item(tmp_path):
     source = tmp_path / "inputs" / "case.nii.gz"
     source.parent.mkdir()
     nib.save(nib.Nifti1Image(data, np.diag([1.2, 1.2, 3.0, 1.0])), source)
-    pre = inference_preprocessing(16)
+    pre, post = inference_transforms("thor", image_size=16, output_dir=str(tmp_path / "out"), threshold=0.5)
     item = pre({"image": str(source)})
     image = item["image"]
     pred = torch.cat([image.as_tensor().clamp(0, 1), image.as_tensor()], dim=0)
     item["pred"] = MetaTensor(pred, meta=image.meta, applied_operations=image.applied_operations)
-    return pre, item, source
+    return post, item, source
 
 
 def test_bundle_outputs_are_written_and_valid(tmp_path, processed_item):
-    pre, item, source = processed_item
+    post, item, source = processed_item
     out_dir = tmp_path / "out"
-    inference_postprocessing(pre, threshold=0.5, output_dir=str(out_dir))(item)
+    post(item)
     names = _listing(out_dir)
     assert names == ["case_anomaly_label.nii.gz", "case_anomaly_map.nii.gz", "case_pseudo_healthy.nii.gz"]
     for name in names:
@@ -95,11 +95,11 @@ def test_bundle_outputs_are_written_and_valid(tmp_path, processed_item):
 
 
 def test_interrupted_nifti_write_leaves_no_file_with_the_final_name(tmp_path, processed_item, monkeypatch):
-    pre, item, _ = processed_item
+    post, item, _ = processed_item
     out_dir = tmp_path / "out"
     monkeypatch.setattr(nib, "save", _half_then_fail())
     with pytest.raises(RuntimeError):  # MONAI's SaveImage reports the writer's failure
-        inference_postprocessing(pre, threshold=0.5, output_dir=str(out_dir))(dict(item))
+        post(dict(item))
     assert _listing(out_dir) == []  # neither the final name nor a partial temporary file
 
 

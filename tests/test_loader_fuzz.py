@@ -139,17 +139,17 @@ def _exception_chain(error: BaseException) -> str:
 
 
 def _run_cases(case_dir: str) -> None:
-    """Child process: run every case through ``inference_preprocessing`` and print one JSON line per case."""
+    """Child process: run every case through the THOR bundle's preprocessing and print one JSON line per case."""
     import torch
 
     torch.set_num_threads(1)
-    from monai_diffad.pipelines import inference_preprocessing
+    from monai_diffad.pipelines import inference_transforms
 
     def on_alarm(signum, frame):
         raise _CaseTimeout(f"no answer within {CASE_TIMEOUT_S} s")
 
     signal.signal(signal.SIGALRM, on_alarm)
-    preprocessing = inference_preprocessing(IMAGE_SIZE)
+    preprocessing = inference_transforms("thor", image_size=IMAGE_SIZE)[0]
     cases = json.loads(Path(case_dir, "cases.json").read_text())
     for i, case in enumerate(cases):
         print(json.dumps({"index": i, "status": "started"}), flush=True)

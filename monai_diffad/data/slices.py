@@ -9,14 +9,13 @@ Arrays are ``[x, y]`` in RAS voxel order (axis 0 left to right, axis 1 posterior
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Resize
-from monai.utils import convert_to_dst_type
+from monai.transforms import Resize
 from scipy.ndimage import binary_fill_holes
+
+from monai_diffad.transforms.intensity import MaskedPercentileNormalized, masked_percentile_normalize
 
 __all__ = [
     "CROP_SIZE",
@@ -55,75 +54,6 @@ def fill_holes_per_axial_slice(mask: np.ndarray) -> np.ndarray:
     for z in range(mask.shape[2]):
         filled[..., z] = binary_fill_holes(mask[..., z] > 0)
     return filled
-
-
-def masked_percentile_normalize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """``clip(image / percentile(image[mask]), 0, 1)``, with 0 outside the mask.
-
-    MONAI's percentile transforms use the whole image (mostly background here), hence this masked version.
-
-    Args:
-        image: array of any shape.
-        mask: boolean-like array of the same shape; the percentile is taken over ``image[mask]``.
-        percentile: in ``(0, 100]``.
-
-    Returns:
-        float32 array of ``image``'s shape, values in ``[0, 1]``.
-
-    Raises:
-        ValueError: shapes differ, the mask is empty, the percentile is out of range, the image is not finite,
-            or the brain percentile is not positive.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    mask = np.asarray(mask) > 0
-    if image.shape != mask.shape:
-        raise ValueError(f"image {image.shape} and mask {mask.shape} must have the same shape.")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
-    if not mask.any():
-        raise ValueError("The brain mask is empty: nothing to normalise by.")
-    if not np.isfinite(image[mask]).all():
-        raise ValueError("The image contains NaN or inf inside the brain mask.")
-    scale = float(np.percentile(image[mask], percentile))
-    if scale <= 0:
-        raise ValueError(f"The brain's {percentile}th percentile is {scale}; expected a positive intensity.")
-    return np.where(mask, np.clip(image / scale, 0.0, 1.0), 0.0).astype(np.float32)
-
-
-class MaskedPercentileNormalized(MapTransform):
-    """Dictionary transform: divide each image by its brain-masked percentile, clip to ``[0, 1]``, zero the background.
-
-    Works on numpy arrays and tensors of any shape (channel-first or not) as long as the mask has the image's shape
-    (or broadcasts after adding nothing). The whole array is one volume: call it on the 3D volume, before slicing,
-    so all slices of a volume share one scale.
-
-    Args:
-        keys: image keys to normalise.
-        mask_key: key of the brain mask.
-        percentile: brain percentile mapped to 1 (data.md: 99.5).
-        allow_missing_keys: don't raise when a key is absent.
-    """
-
-    def __init__(
-        self, keys: KeysCollection, mask_key: str = "mask", percentile: float = 99.5, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if not 0 < percentile <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {percentile}.")
-        self.mask_key = mask_key
-        self.percentile = percentile
-
-    def __call__(self, data: Mapping[Hashable, np.ndarray | torch.Tensor]) -> dict[Hashable, np.ndarray | torch.Tensor]:
-        d = dict(data)
-        mask = d[self.mask_key]
-        mask_np = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        for key in self.key_iterator(d):
-            img = d[key]
-            img_np = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-            out = masked_percentile_normalize(img_np, np.broadcast_to(mask_np, img_np.shape), self.percentile)
-            dtype = torch.float32 if isinstance(img, torch.Tensor) else np.float32
-            d[key] = convert_to_dst_type(out, img, dtype=dtype)[0]
-        return d
 
 
 def select_axial_slices(mask: np.ndarray, min_area_fraction: float = MIN_AREA_FRACTION) -> np.ndarray:

@@ -11,7 +11,13 @@ from monai_diffad.transforms.corruption import (
     interpolate_foreign_patch,
     match_intensity,
 )
-from monai_diffad.transforms.intensity import ForegroundPercentileScale, ForegroundPercentileScaled
+from monai_diffad.transforms.geometry import BrainCentredCropOrPadd, BrainMaskd, foreground_brain_mask
+from monai_diffad.transforms.intensity import (
+    ForegroundPercentileScale,
+    ForegroundPercentileScaled,
+    MaskedPercentileNormalized,
+    masked_percentile_normalize,
+)
 from monai_diffad.transforms.io import AtomicNibabelWriter, CheckedLoadImaged, atomic_path
 from monai_diffad.transforms.labels import ANOMALY_LABELS, AnomalyMapToLabel, AnomalyMapToLabeld
 from monai_diffad.transforms.lesions import RandSyntheticLesion, RandSyntheticLesiond
@@ -24,16 +30,21 @@ __all__ = [
     "AnomalyMapToLabel",
     "AnomalyMapToLabeld",
     "AtomicNibabelWriter",
+    "BrainCentredCropOrPadd",
+    "BrainMaskd",
     "CheckedLoadImaged",
     "ForegroundPercentileScale",
     "ForegroundPercentileScaled",
     "InPlaneResize",
     "InPlaneResized",
+    "MaskedPercentileNormalized",
     "RandForeignPatchCorruption",
     "RandForeignPatchCorruptiond",
     "RandSoftShapeMask",
     "RandSoftShapeMaskd",
     "atomic_path",
+    "foreground_brain_mask",
     "interpolate_foreign_patch",
+    "masked_percentile_normalize",
     "match_intensity",
 ]
