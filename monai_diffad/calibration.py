@@ -3,10 +3,17 @@
 
 A label map needs one operating point. Following THOR's protocol for its wrist X-ray boxes, the threshold is the
 lowest of ``num_thresholds`` values in [0, 1) at which, averaged over healthy images, at most ``fpr`` of the pixels
-(inside the foreground mask) exceed it. The value is stored in the bundle (config key ``threshold`` and
-``metadata.json``) and used by the MONAI Label app; users can override it.
+(inside the brain mask) are labelled, i.e. have a map value ``>= threshold`` (the comparison the labels use). The
+value is stored in the bundle (config key ``threshold`` and ``metadata.json``) and used by the bundle and the MONAI
+Label app; users can override it.
 
-Usage::
+On your own healthy scans (any geometry; they go through the bundle's geometry contract and the shares are counted
+on each scan's own grid, where the labels are applied)::
+
+    python -m monai_diffad.calibration --bundle thor --dataset_dir /data/healthy_val --checkpoint my_model.pt \
+        --fpr 0.05 --write
+
+On the built-in development set (lesion-free slices, already in the network's geometry)::
 
     python -m monai_diffad.calibration --bundle thor --data data_cache/dev_64.npz --fpr 0.05 --write
 
@@ -39,6 +46,7 @@ __all__ = [
     "healthy_fpr_threshold",
     "HealthyFPRThresholdMetric",
     "calibrate_bundle",
+    "calibrate_on_images",
     "threshold_from_results",
     "write_threshold",
 ]
@@ -50,7 +58,8 @@ CALIBRATION_FPR = 0.05
 def flagged_share_curve(
     maps: torch.Tensor, masks: torch.Tensor | None = None, num_thresholds: int = 1000
 ) -> torch.Tensor:
-    """Per image, the share of foreground pixels above each threshold ``k / num_thresholds``, ``k = 0 ... T - 1``.
+    """Per image, the share of foreground pixels labelled (map ``>=`` threshold) at each threshold ``k / T``,
+    ``k = 0 ... T - 1``.
 
     Args:
         maps: ``(N, 1, *spatial)`` anomaly maps in [0, 1].
@@ -84,12 +93,12 @@ def flagged_share_curve(
     if (counts == 0).any():
         raise ValueError("a foreground mask is empty; cannot measure its false-positive rate.")
     grid = threshold_grid(num_thresholds).float()
-    # a pixel is above the thresholds of the grid points strictly below it: one histogram per image, not T passes
-    above_from = torch.searchsorted(grid, flat, right=False)
+    # a pixel is labelled at the grid points at or below it (the labels' ">="): one histogram per image, not T passes
+    above_from = torch.searchsorted(grid, flat, right=True)
     shares = torch.empty(flat.shape[0], num_thresholds, dtype=torch.float64)
     for i in range(flat.shape[0]):
         hist = torch.bincount(above_from[i][valid[i]], minlength=num_thresholds + 1).double()
-        # pixels above threshold k: those whose count of grid points below them exceeds k
+        # pixels labelled at threshold k: those with more than k grid points at or below them
         shares[i] = hist.flip(0).cumsum(0).flip(0)[1:] / counts[i]
     return shares
 
@@ -121,7 +130,7 @@ def threshold_at_fpr(shares: torch.Tensor, fpr: float = 0.05) -> float:
 def healthy_fpr_threshold(
     maps: torch.Tensor, masks: torch.Tensor | None = None, fpr: float = 0.05, num_thresholds: int = 1000
 ) -> float:
-    """Lowest threshold in ``{k / num_thresholds}`` whose mean per-image share of foreground pixels above it is ≤ ``fpr``.
+    """Lowest threshold in ``{k / num_thresholds}`` whose mean per-image share of foreground pixels ``>=`` it is ≤ ``fpr``.
 
     Args:
         maps: ``(N, 1, *spatial)`` anomaly maps of healthy images, in [0, 1].
@@ -222,6 +231,80 @@ def calibrate_bundle(
     return {"threshold": threshold, "fpr": fpr, "num_images": int(len(healthy)), "data": data, "bundle": bundle}
 
 
+def calibrate_on_images(
+    bundle: str,
+    dataset_dir: str,
+    datalist: str | None = None,
+    split: str = "validation",
+    fpr: float = CALIBRATION_FPR,
+    checkpoint: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    overrides: dict | None = None,
+    bundles_dir: str = "bundles",
+    overlays: Sequence[str] = (),
+) -> dict:
+    """Calibrate a bundle's threshold on healthy scans through its own pre- and post-processing.
+
+    Each scan (any orientation, spacing or field of view; 2D or 3D) goes through the bundle's ``preprocessing`` (the
+    geometry contract), its inferer and its ``postprocessing``, which brings the map back onto the scan's own grid
+    and zeroes it outside the brain mask. The shares of labelled brain voxels are counted there, where the bundle's
+    labels are applied; each scan weighs the same.
+
+    Args:
+        bundle: method name (a bundle or a variant such as ``thor_simplex``).
+        dataset_dir: folder of healthy scans (``<name>_brain_mask.<ext>`` beside a scan is its brain mask), or one
+            holding a decathlon ``datalist.json``.
+        datalist: explicit datalist JSON (paths relative to it).
+        split: the datalist list to use.
+        fpr: tolerated share of healthy brain voxels labelled.
+        checkpoint: network weights to calibrate (default: the bundle's).
+        limit: use at most this many scans.
+        seed: seed of the detection noise (one stream over the scans in order).
+        device: computation device.
+        overrides: further bundle config overrides.
+        bundles_dir: folder holding the bundles.
+        overlays: config files merged over the bundle's.
+
+    Returns:
+        ``{"threshold", "fpr", "num_images", "data", "bundle", "checkpoint", "checkpoint_sha256"}``.
+
+    Raises:
+        FileNotFoundError: no scan, or a datalist entry that does not exist.
+        ValueError: a scan the contract cannot process (the message names the file).
+    """
+    from monai.data import decollate_batch, list_data_collate
+
+    from monai_diffad.bundles import image_datalist
+    from monai_diffad.evaluate import build_method
+
+    items = image_datalist(dataset_dir, datalist, split=split)[: limit or None]
+    overrides = {**(overrides or {}), "save_outputs": False}
+    if checkpoint is not None:
+        overrides["checkpoint"] = os.path.abspath(checkpoint)
+    method = build_method(bundle, bundles_dir, overrides=overrides, device=device, overlays=overlays)
+    preprocessing = method.config.get_parsed_content("preprocessing")
+    postprocessing = method.config.get_parsed_content("postprocessing")
+    device_ = next(method.network.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for item in tqdm(items, desc=f"calibrating {bundle}"):
+        batch = list_data_collate([preprocessing(dict(item))])
+        batch["pred"] = method.inferer(batch["image"].to(device_), method.network, generator=generator)
+        out = postprocessing(decollate_batch(batch)[0])
+        amap, brain = out["pred_anomaly_map"], out["brain_mask"]
+        rows.append(flagged_share_curve(amap.as_tensor()[None].cpu(), brain.as_tensor()[None].cpu()))
+    if not rows:
+        raise FileNotFoundError(f"No scans to calibrate on in '{datalist or dataset_dir}'.")
+    threshold = threshold_at_fpr(torch.cat(rows), fpr)
+    return {
+        "threshold": threshold, "fpr": fpr, "num_images": len(rows), "data": datalist or dataset_dir,
+        "bundle": bundle, "checkpoint": method.settings["checkpoint"],
+        "checkpoint_sha256": method.settings["checkpoint_sha256"],
+    }
+
+
 def threshold_from_results(results_file: str, method: str, bundles_dir: str = "bundles") -> dict:
     """The calibrated threshold a benchmark run measured on its lesion-free slices (``python -m monai_diffad.evaluate``).
 
@@ -293,23 +376,39 @@ def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> No
         meta = json.load(f)
     meta[key] = round(result["threshold"], 4)
     meta[f"{key}_calibration"] = (
-        f"lowest of 1000 thresholds with mean share of healthy brain pixels above it <= {result['fpr']:.0%}, on "
-        f"{result['num_images']} lesion-free slices of {os.path.basename(result['data'])}"
+        f"lowest of 1000 thresholds with mean share of healthy brain pixels >= it <= {result['fpr']:.0%}, on "
+        f"{result['num_images']} lesion-free images of {os.path.basename(os.path.normpath(result['data']))}"
         + (f", measured by the benchmark run {result['results']}" if result.get("results") else "")
+        + (f", weights SHA-256 {result['checkpoint_sha256'][:12]}..." if result.get("checkpoint_sha256") else "")
     )
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=4)
         f.write("\n")
 
 
+def _root_value_error(error: BaseException) -> ValueError | None:
+    """The ``ValueError`` behind MONAI's ``RuntimeError("applying transform ...")`` wrappers, if any."""
+    while error is not None:
+        if isinstance(error, ValueError):
+            return error
+        error = error.__cause__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_diffad.calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="method/bundle name, e.g. thor")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="development set npz or datalist to run the method on")
+    source.add_argument(
+        "--dataset_dir", help="folder of healthy scans (any geometry), or one with a datalist.json; see --datalist"
+    )
+    source.add_argument("--datalist", help="decathlon datalist JSON of healthy scans (the --split list is used)")
+    source.add_argument("--data", help="built-in development set npz (or its datalist) to take lesion-free slices of")
     source.add_argument(
         "--from-results", metavar="RESULTS_JSON", help="take the threshold a benchmark run measured (no new run)"
     )
+    parser.add_argument("--split", default="validation", help="datalist list to use with --dataset_dir/--datalist")
+    parser.add_argument("--checkpoint", default=None, help="weights to calibrate (default: the bundle's)")
     parser.add_argument("--fpr", type=float, default=CALIBRATION_FPR)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -320,20 +419,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.write and args.overlay:
         parser.error("--write stores the bundle's own threshold; with --overlay, put the printed value in your config.")
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        parser.error(f"--checkpoint '{args.checkpoint}' does not exist.")
     if args.from_results:
-        if args.overlay:
-            parser.error("--from-results takes the run's threshold as measured; --overlay does not apply.")
+        if args.overlay or args.checkpoint:
+            parser.error("--from-results takes the run's threshold as measured; --overlay/--checkpoint do not apply.")
         try:
             result = threshold_from_results(args.from_results, args.bundle, args.bundles_dir)
         except ValueError as e:
             parser.error(str(e))
         if not np.isclose(result["fpr"], args.fpr):
             parser.error(f"the run calibrated at fpr {result['fpr']}, not {args.fpr}.")
-    else:
+    elif args.data:
+        overrides = {"checkpoint": os.path.abspath(args.checkpoint)} if args.checkpoint else None
         result = calibrate_bundle(
-            args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, bundles_dir=args.bundles_dir,
-            overlays=args.overlay,
+            args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, overrides=overrides,
+            bundles_dir=args.bundles_dir, overlays=args.overlay,
         )
+    else:
+        dataset_dir = args.dataset_dir or os.path.dirname(os.path.abspath(args.datalist))
+        try:
+            result = calibrate_on_images(
+                args.bundle, dataset_dir, args.datalist, args.split, args.fpr, args.checkpoint, args.limit, args.seed,
+                device=args.device, bundles_dir=args.bundles_dir, overlays=args.overlay,
+            )
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            cause = e if isinstance(e, FileNotFoundError) else _root_value_error(e)
+            if cause is None:
+                raise
+            parser.error(str(cause))
     print(json.dumps(result, indent=2))
     if args.write:
         from monai_diffad.evaluate.methods import METHOD_VARIANTS
@@ -342,7 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         base, variant = METHOD_VARIANTS.get(args.bundle, (args.bundle, {}))
         key = f"threshold_{variant['noise_type']}" if "noise_type" in variant else "threshold"
         write_threshold(os.path.join(args.bundles_dir, base), result, key)
-        print(f"{key} written to {os.path.join(args.bundles_dir, base)}/inference.json and metadata.json")
+        print(
+            f"{key} = {result['threshold']:.4f} written to {os.path.join(args.bundles_dir, base)}/inference.json (the "
+            f"bundle labels with it from now on) and metadata.json ({key}_calibration records how it was measured)."
+        )
     return 0
 
 

@@ -66,6 +66,8 @@ class BuiltMethod:
         network: the bundle's network with its weights, in eval mode.
         image_size: the bundle's ``image_size`` (input side length it was trained for), ``None`` if not stated.
         settings: what was built, for reports (bundle, config file, checkpoint and its SHA-256, overrides).
+        config: the bundle's parser with the overrides applied, for the rest of the bundle (e.g. its
+            ``preprocessing`` and ``postprocessing``, the geometry contract).
     """
 
     name: str
@@ -73,6 +75,7 @@ class BuiltMethod:
     network: torch.nn.Module
     image_size: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    config: ConfigParser | None = None
 
 
 def method_config_file(name: str, bundles_dir: str) -> str:
@@ -228,4 +231,5 @@ def build_method(
             "checkpoint": checkpoint,
             "checkpoint_sha256": _sha256(checkpoint),
         },
+        config=parser,
     )

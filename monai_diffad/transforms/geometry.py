@@ -22,7 +22,7 @@ from monai.transforms.croppad.functional import crop_func, pad_func
 from monai.utils import TraceKeys
 from scipy.ndimage import binary_fill_holes
 
-__all__ = ["BrainMaskd", "BrainCentredCropOrPadd", "foreground_brain_mask", "source_name"]
+__all__ = ["BrainMaskd", "BrainCentredCropOrPadd", "axial_axis", "foreground_brain_mask", "source_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,29 +47,44 @@ def _pixdim(img: torch.Tensor) -> np.ndarray:
     return np.ones(spatial)
 
 
+def axial_axis(img: torch.Tensor) -> int:
+    """Spatial axis (0-based, after the channel) whose direction is closest to inferior-superior (world z)."""
+    spatial = img.ndim - 1
+    if not isinstance(img, MetaTensor) or spatial < 3:
+        return spatial - 1
+    directions = np.asarray(img.affine, dtype=float)[:3, :spatial]
+    return int(np.argmax(np.abs(directions[2]) / np.linalg.norm(directions, axis=0)))
+
+
 def foreground_brain_mask(image: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """``image > threshold`` with holes filled per axial slice, so the ventricles (dark on T1) count as brain.
 
     Args:
         image: channel-first ``(1, H, W)`` or ``(1, H, W, D)`` skull-stripped image (background at or below
-            ``threshold``).
+            ``threshold``); for a volume, the axial slices are those across its most inferior-superior axis (from
+            the affine of a ``MetaTensor``, else the last axis).
         threshold: background level.
 
     Returns:
         A bool tensor of ``image``'s shape and device.
     """
-    fg = (torch.as_tensor(image) > threshold).detach().cpu().numpy()
-    filled = np.empty_like(fg)
-    if fg.ndim == 3:
-        filled[0] = binary_fill_holes(fg[0])
+    fg = (torch.as_tensor(image) > threshold).detach().cpu().numpy()[0]
+    if fg.ndim == 2:
+        filled = binary_fill_holes(fg)
     else:
-        for z in range(fg.shape[-1]):
-            filled[0, ..., z] = binary_fill_holes(fg[0, ..., z])
-    return torch.as_tensor(filled, device=torch.as_tensor(image).device)
+        axis = axial_axis(image)
+        filled = np.moveaxis(fg, axis, -1).copy()
+        for z in range(filled.shape[-1]):
+            filled[..., z] = binary_fill_holes(filled[..., z])
+        filled = np.moveaxis(filled, -1, axis)
+    return torch.as_tensor(filled[None], device=torch.as_tensor(image).device)
 
 
 class BrainMaskd(MapTransform):
     """Give every item a brain mask on the image's grid: the user's, checked, or a filled foreground mask.
+
+    It runs on the input's own grid, before any resampling, so that the mask the outputs are restricted to at the
+    end (``copy_key``) is exactly the user's mask, or the foreground of the image they gave.
 
     With ``mask_key`` present (loaded from the datalist's ``brain_mask`` or ``<name>_brain_mask.nii.gz``), its
     spatial shape must equal the image's; it is binarised at > 0. Without it, the mask is
@@ -81,19 +96,22 @@ class BrainMaskd(MapTransform):
     Args:
         keys: the image key (one).
         mask_key: the brain mask's key, written as a ``MetaTensor`` sharing the image's meta data and trace.
+        copy_key: when given, a copy of the mask under this key stays on the input's grid (listed in no later
+            transform), for restricting the outputs once they are inverted onto that grid.
         threshold: background level of the foreground mask.
         max_brain_volume_ml: warning limit for 3D inputs.
         max_brain_area_cm2: warning limit for 2D inputs.
 
     Raises:
-        ValueError: (naming the file) a non-finite or constant image, a mask of another shape, a non-finite mask,
-            or an empty mask (an all-background image).
+        ValueError: (naming the file) an image that is not one channel of 2D or 3D, a non-finite or constant image,
+            a mask of another shape, a non-finite mask, or an empty mask (an all-background image).
     """
 
     def __init__(
         self,
         keys: KeysCollection = "image",
         mask_key: str = "brain_mask",
+        copy_key: str | None = None,
         threshold: float = 0.0,
         max_brain_volume_ml: float = MAX_BRAIN_VOLUME_ML,
         max_brain_area_cm2: float = MAX_BRAIN_AREA_CM2,
@@ -102,6 +120,7 @@ class BrainMaskd(MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"BrainMaskd takes one image key, got {list(self.keys)}.")
         self.mask_key = mask_key
+        self.copy_key = copy_key
         self.threshold = float(threshold)
         self.max_brain_volume_ml = float(max_brain_volume_ml)
         self.max_brain_area_cm2 = float(max_brain_area_cm2)
@@ -112,6 +131,11 @@ class BrainMaskd(MapTransform):
         image = d[key]
         name = source_name(image)
         values = torch.as_tensor(image)
+        if values.ndim not in (3, 4) or values.shape[0] != 1:
+            raise ValueError(
+                f"Image {name} has shape {tuple(values.shape)} (channel first): the models take one channel of a 2D "
+                "slice or a 3D volume; split multi-channel or 4D series into single volumes first."
+            )
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"Image {name} contains NaN or infinite values.")
         if values.numel() and float(values.min()) == float(values.max()):
@@ -138,12 +162,14 @@ class BrainMaskd(MapTransform):
         mask = image.clone() if isinstance(image, MetaTensor) else torch.as_tensor(image).clone()
         mask.copy_(values.to(mask.device, mask.dtype))
         d[self.mask_key] = mask
+        if self.copy_key is not None:
+            d[self.copy_key] = mask.clone()
         return d
 
     def _warn_if_not_brain(self, mask: torch.Tensor, image: torch.Tensor, name: str, origin: str) -> None:
         spacing = _pixdim(image)
         count = float(mask.sum())
-        if mask.ndim == 4 and mask.shape[-1] > 1:
+        if mask.ndim == 4 and min(mask.shape[1:]) > 1:
             size, limit, unit = count * float(np.prod(spacing)) / 1000.0, self.max_brain_volume_ml, "mL"
         else:
             size, limit, unit = count * float(np.prod(spacing[:2])) / 100.0, self.max_brain_area_cm2, "cm^2"
