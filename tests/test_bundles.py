@@ -17,6 +17,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFERENCE_BUNDLES = ["thor", "ddpm", "anoddpm", "autoddpm", "disyre"]
 DEMO_WEIGHTS = os.path.join(ROOT, "bundles", "ddpm", "models", "model.pt")
+with open(os.path.join(ROOT, "bundles", "thor", "inference.json")) as _f:
+    THOR_THRESHOLD = float(json.load(_f)["threshold"])
 PAPER_OVERLAY = "bundles/ddpm/inference_paper.json"
 
 
@@ -130,8 +132,11 @@ def test_thor_bundle_command_writes_results(tmp_path):
             assert np.allclose(img.header.get_zooms()[: len(zooms)], zooms)
         label = np.asarray(nib.load(os.path.join(out, f"{name}_anomaly_label.nii.gz")).dataobj)
         assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2}
-        amap = nib.load(os.path.join(out, f"{name}_anomaly_map.nii.gz")).get_fdata()
+        amap = np.asarray(nib.load(os.path.join(out, f"{name}_anomaly_map.nii.gz")).dataobj)
         assert 0.0 <= amap.min() and amap.max() <= 1.0
+        # the label is the saved map against the bundle's stored threshold, on the input's grid
+        np.testing.assert_array_equal(label > 0, amap >= np.float32(THOR_THRESHOLD))
+        assert amap.max() >= THOR_THRESHOLD, "no labelled voxel: the comparison above would be vacuous"
         assert os.path.getsize(os.path.join(out, f"{name}_overlay.png")) > 1000
     scores = json.load(open(os.path.join(out, "scores.json")))
     assert [s["image"] for s in scores] == ["a2d", "b3d", "c2d"] and all(0 <= s["score"] <= 1 for s in scores)

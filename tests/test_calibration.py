@@ -40,7 +40,8 @@ def test_pixels_outside_the_mask_are_ignored():
     maps[..., 0, 0] = 1.0  # a hot pixel outside the foreground
     masks = torch.ones(1, 1, 4, 4)
     masks[..., 0, 0] = 0
-    assert healthy_fpr_threshold(maps, masks, 0.01) == 0.0
+    # every foreground pixel is 0: labels (map >= t) are empty from the first grid threshold above 0
+    assert healthy_fpr_threshold(maps, masks, 0.01) == 0.001
     assert healthy_fpr_threshold(maps, None, 0.01) > 0.99
 
 
@@ -93,12 +94,12 @@ def test_flagged_share_curve_matches_a_threshold_by_threshold_count():
 
     rng = np.random.default_rng(3)
     maps = rng.random((3, 1, 8, 8)).astype(np.float32)
-    maps[0, 0, :2] = np.arange(16).reshape(2, 8) / 10  # values exactly on the grid are not above it
+    maps[0, 0, :2] = np.arange(16).reshape(2, 8) / 10  # values exactly on the grid are labelled there (>=)
     maps = np.clip(maps, 0, 1)
     masks = rng.random((3, 1, 8, 8)) > 0.3
     shares = flagged_share_curve(maps, masks, num_thresholds=10)
     flat, valid = torch.from_numpy(maps).flatten(1), torch.from_numpy(masks).flatten(1)
-    expected = torch.stack([((flat > k / 10) & valid).sum(1) / valid.sum(1) for k in range(10)], 1)
+    expected = torch.stack([((flat >= np.float32(k / 10)) & valid).sum(1) / valid.sum(1) for k in range(10)], 1)
     torch.testing.assert_close(shares, expected.double())
 
 
