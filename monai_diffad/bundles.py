@@ -17,7 +17,7 @@ from monai.utils import look_up_option
 from monai_diffad.noise import NoiseType
 from monai_diffad.quantization import materialize_int8
 
-__all__ = ["bundle_root", "bundle_config", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES", "BRAIN_MASK_SUFFIX"]
+__all__ = ["bundle_root", "bundle_config", "brain_mask_beside", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES", "BRAIN_MASK_SUFFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "
         ``<name><suffix>``.
 
     Raises:
-        FileNotFoundError: the folder does not exist or holds no image.
-        ValueError: the datalist has no ``split`` list.
+        FileNotFoundError: the folder does not exist or holds no image, or the datalist lists a file that does not
+            exist.
+        ValueError: the datalist has no ``split`` list, or an item without ``image``.
     """
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset_dir '{dataset_dir}' does not exist.")
@@ -170,16 +171,26 @@ def image_datalist(dataset_dir: str, datalist: str | None = None, split: str = "
         for p in glob.glob(os.path.join(dataset_dir, "*"))
         if (os.path.isfile(p) and p.lower().endswith(IMAGE_SUFFIXES)) or _is_dicom_series(p)
     )
-    masks = {p for p in paths if _split_suffix(p)[0].endswith(BRAIN_MASK_SUFFIX)}
-    images = [p for p in paths if p not in masks]
+    images = [p for p in paths if not _split_suffix(p)[0].endswith(BRAIN_MASK_SUFFIX)]
     if not images:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_SUFFIXES)} or DICOM folders) found in '{dataset_dir}'.")
     items = []
     for path in images:
-        stem, suffix = _split_suffix(path)
-        mask = stem + BRAIN_MASK_SUFFIX + suffix
-        items.append({"image": path, "brain_mask": mask} if mask in masks else {"image": path})
+        mask = brain_mask_beside(path)
+        items.append({"image": path, "brain_mask": mask} if mask else {"image": path})
     return items
+
+
+def brain_mask_beside(image_path: str) -> str | None:
+    """``<name>_brain_mask<ext>`` beside ``<name><ext>`` (a file or a DICOM folder) when it exists, else ``None``.
+
+    A path that is itself such a mask has none.
+    """
+    stem, suffix = _split_suffix(image_path)
+    if stem.endswith(BRAIN_MASK_SUFFIX):
+        return None
+    candidate = stem + BRAIN_MASK_SUFFIX + suffix
+    return candidate if os.path.exists(candidate) else None
 
 
 def _split_suffix(path: str) -> tuple[str, str]:

@@ -55,7 +55,7 @@ class AnomalyDetectionApp(MONAILabelApp):
 
     ``--conf bundles <names>`` is accepted as a synonym of ``--conf models`` for our bundles: MONAI Label's
     ``BundleInferTask`` cannot serve their layout (README, "Bundle mode"), while the app's own task for the same
-    method reads the bundle's calibrated threshold and method settings from ``bundles/<name>/inference.json``.
+    method is built from ``bundles/<name>/inference.json`` (preprocessing, network, weights, inferer, threshold).
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
@@ -63,7 +63,7 @@ class AnomalyDetectionApp(MONAILabelApp):
         if conf.get("bundles"):
             bundles = _names(conf["bundles"], "bundles")
             logger.info(
-                f"--conf bundles {bundles}: served by the app's own tasks, which read bundles/<name>/inference.json "
+                f"--conf bundles {bundles}: served by the app's own tasks, built from bundles/<name>/inference.json "
                 "(MONAI Label's BundleInferTask needs a configs/ layout and a label output; see README)."
             )
             names = list(dict.fromkeys(names + bundles)) if "models" in conf else bundles

@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""AnoDDPM: partial noising with Simplex noise."""
+"""AnoDDPM: partial noising with Simplex noise (``bundles/anoddpm``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,5 @@ __all__ = ["AnoDDPMConfig"]
 
 class AnoDDPMConfig(AnomalyTaskConfig):
     method = "anoddpm"
-    inferer_path = "monai_diffad.inferers.ddpm.AnoDDPMInferer"
-    noise_type = "simplex"
     method_options = (NOISE_LEVEL,)
     summary = "AnoDDPM: Simplex-noise partial diffusion, restore, map the squared residual."

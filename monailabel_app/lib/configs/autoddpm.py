@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""AutoDDPM: reconstruct, mask, stitch and re-sample."""
+"""AutoDDPM: reconstruct, mask, stitch and re-sample (``bundles/autoddpm``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ __all__ = ["AutoDDPMConfig"]
 
 class AutoDDPMConfig(AnomalyTaskConfig):
     method = "autoddpm"
-    inferer_path = "monai_diffad.inferers.autoddpm.AutoDDPMInferer"
     method_options = (
         NOISE_LEVEL,
         Option("resample_level", "int", None, "Level the masked region is re-sampled from.", 1, 999,

@@ -1,93 +1,111 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Shared MONAI Label ``TaskConfig`` of the anomaly methods: weights, network, defaults and the bundle's threshold.
+"""Shared MONAI Label ``TaskConfig`` of the anomaly methods: everything comes from the method's bundle.
 
-A method's config file only names its inferer and its method options; this base turns the app's ``--conf`` values
-into an :class:`~lib.infers.anomaly.AnomalyInferTask`. Server options (``--conf key value``):
+A method is built only from its bundle's ``inference.json`` (read with :func:`monai_diffad.bundles.bundle_config`):
+its ``preprocessing`` (the geometry contract), ``network_def``, ``checkpoint``, ``inferer`` (scheduler, perceptual
+term, ``step_stride``, ``precision``, ``record_interval``, ``noise_type``, ...) and the label threshold of its own
+postprocessing. The app adds nothing of its own; a request's options are applied over the bundle's ``inferer`` keys.
+A method's config file names its bundle, its variant keys and its request options.
 
-- ``checkpoint``: DDPM weights shared by the DDPM-based methods (default ``bundles/ddpm/models/model.pt``, and
-  ``model_simplex.pt`` for the Simplex-noise methods where it is shipped).
-- ``network``: JSON object of :func:`monai_diffad.networks.diffusion_unet` options matching the weights
-  (default: the demo network, ``monai_diffad.networks.DEMO_UNET``).
-- ``image_size``: in-plane size the network was trained at, ``64`` or ``64,64`` (default 64).
-- ``lpips_backbone``: path of the LPIPS backbone weights (otherwise the torch hub cache, else the offline fallback).
-- ``preload``: ``true`` loads the networks at start-up.
+Server options (``--conf key value``), each an override of a bundle key:
+
+- ``checkpoint``: weights of the DDPM-based methods (bundle key ``checkpoint``; default: the bundle's, i.e.
+  ``bundles/ddpm/models/model.pt``, or ``model_simplex.pt`` for the Simplex-noise methods).
+- ``network``: JSON object of :func:`monai_diffad.networks.diffusion_unet` options matching those weights (replaces
+  the bundle's ``network_def``; a ``_target_`` entry names another constructor).
+- ``image_size``: in-plane size the network was trained at, ``64`` or ``64,64`` (bundle key ``image_size``; the
+  contract's frame is square).
+- ``lpips_backbone``: path of the LPIPS backbone weights (the inferer's ``lpips_backbone_path`` where it has one).
+- ``preload``: ``true`` loads the networks at start-up (an app option, not a bundle key).
+
+The bundles are found as by ``monai.bundle run``: ``$MONAI_DIFFAD_BUNDLES/<name>``, ``./bundles/<name>``, then the
+source checkout (:func:`monai_diffad.bundles.bundle_root`).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import copy
 import json
 import logging
 import os
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
+import torch
+from monai.bundle import ConfigParser
 from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
 from lib.infers.anomaly import TASK_OPTIONS, AnomalyInferTask
-from lib.infers.params import InvalidInferRequest, Option
-from monai_diffad.bundles import shared_ddpm_checkpoint
-from monai_diffad.networks import DEMO_UNET, ddpm_scheduler, diffusion_unet, load_diffusion_unet
+from lib.infers.params import Option
+from monai_diffad.bundles import bundle_config
+from monai_diffad.networks import load_diffusion_unet
 
-__all__ = ["AnomalyTaskConfig", "NOISE_LEVEL", "read_bundle_defaults"]
+__all__ = ["AnomalyTaskConfig", "BundleMethod", "NOISE_LEVEL"]
 
 logger = logging.getLogger(__name__)
 
-#: the partial-noising level L of the DDPM-based methods; its default is the inferer's (paper) default
+#: the partial-noising level L of the DDPM-based methods; its default is the bundle inferer's
 NOISE_LEVEL = Option(
     "noise_level", "int", None,
     "Diffusion steps: the image is noised to this level and restored (about one network call per level).",
     1, 999, target="noise_level",
 )  # fmt: skip
 
+#: the key under which MONAI Label hands the image to the pre-transforms
+_IMAGE_KEY = "image"
+#: the diffusion network constructor ``--conf network`` options belong to
+_UNET_TARGET = "monai_diffad.networks.diffusion_unet"
 
-def read_bundle_defaults(
-    config_file: str, options: tuple[Option, ...], keys: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Plain top-level values of a bundle config whose keys are option names (e.g. ``threshold``, ``noise_level``).
 
-    Expressions and references (``"$..."``, ``"@..."``, ``"%..."``) and values that fail the option's validation are
-    skipped with a warning, so a bundle can never break the app.
+def _import_failed(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says that a class of the bundle cannot be imported."""
+    while error is not None:
+        if isinstance(error, (ImportError, AttributeError)):
+            return True
+        error = error.__cause__
+    return False
+
+
+class BundleMethod:
+    """A method's bundle config, read once, from which every piece the app needs is parsed afresh.
+
+    Each :meth:`parse` starts from a copy of the config as read (with the server's overrides), so requests with
+    different options never share, or change, a parser; this is what makes building inferers thread-safe.
 
     Args:
-        config_file: the bundle's ``inference.json``.
-        options: the task's options.
-        keys: ``{option name: config key}``: read only these options, from these keys (a variant that shares a
-            bundle, e.g. THOR-Simplex's ``threshold`` from the THOR bundle's ``threshold_simplex``). ``None``: every
-            option from the key of its own name.
+        name: the bundle name.
+        overrides: bundle keys to set (``"a#b"`` paths allowed) before anything is parsed.
 
-    Returns:
-        ``{option name: validated value}``; empty when the file does not exist.
+    Raises:
+        FileNotFoundError: the bundle or its ``inference.json`` does not exist.
     """
-    if not os.path.isfile(config_file):
-        return {}
-    try:
-        with open(config_file) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        logger.warning(f"Cannot read {config_file}: {e}; using the method defaults.")
-        return {}
-    found: dict[str, Any] = {}
-    for option in options:
-        if keys is not None and option.name not in keys:
-            continue
-        key = option.name if keys is None else keys[option.name]
-        value = config.get(key) if isinstance(config, Mapping) else None
-        if value is None or (isinstance(value, str) and value[:1] in "$@%"):
-            continue
-        try:
-            found[option.name] = option.parse(value)
-        except InvalidInferRequest as e:
-            logger.warning(f"Ignoring '{key}' of {config_file}: {e}")
-    return found
 
+    def __init__(self, name: str, overrides: Mapping[str, Any]) -> None:
+        parser = bundle_config(name, overrides=overrides)
+        self.name = name
+        self.root = str(parser["bundle_root"])
+        self.config_file = os.path.join(self.root, "inference.json")
+        self._config = parser.get()
 
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    def raw(self, key: str) -> Any:
+        """The unparsed config at ``key`` (``None`` where absent)."""
+        return ConfigParser(copy.deepcopy(self._config)).get(key)
+
+    def parse(self, key: str, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The parsed (instantiated) content at ``key`` with further ``overrides`` set first."""
+        parser = ConfigParser(copy.deepcopy(self._config))
+        for k, v in (overrides or {}).items():
+            parser[k] = v
+        return parser.get_parsed_content(key)
+
+    def component_key(self, pipeline: str, target_suffix: str) -> str | None:
+        """The id of the first transform of ``pipeline`` (``"preprocessing"``, ...) whose ``_target_`` ends with
+        ``target_suffix``, so a piece is found by what it is, not by its position."""
+        for index, transform in enumerate((self.raw(pipeline) or {}).get("transforms", [])):
+            if isinstance(transform, Mapping) and str(transform.get("_target_", "")).endswith(target_suffix):
+                return f"{pipeline}#transforms#{index}"
+        return None
 
 
 class AnomalyTaskConfig(TaskConfig):
@@ -95,69 +113,109 @@ class AnomalyTaskConfig(TaskConfig):
 
     Attributes:
         method: method name, also the ``--conf models`` entry and the bundle folder name (unless ``bundle`` is set).
-        inferer_path: dotted path of the inferer class (imported when the task is built; a missing module skips
-            the task with a warning instead of breaking the app).
-        fixed_inferer_kwargs: inferer options of this variant that requests cannot change.
-        method_options: the method's request options (their targets are inferer keywords).
+        method_options: the method's request options (their targets are keys of the bundle's ``inferer``; a
+            ``None`` default means the bundle inferer's value).
         summary: one-line description shown in Slicer.
-        bundle: bundle folder under ``bundles/`` whose ``inference.json`` provides the calibrated threshold.
-        bundle_keys: ``{option name: config key}`` to read from that bundle instead of every option by its name.
-        checkpoint_key: ``--conf`` key of the weights file.
-        default_checkpoint: weights file relative to the repository root; ``None``: the shared DDPM weights trained
-            with ``noise_type`` (:func:`monai_diffad.bundles.shared_ddpm_checkpoint`).
-        noise_type: the noise the method restores from, which picks the shared DDPM weights.
-        network_key: ``--conf`` key of the architecture (JSON object).
+        bundle: bundle folder under ``bundles/``, when it is not ``method``.
+        bundle_overrides: bundle keys that make this variant (e.g. THOR-Simplex: ``{"noise_type": "simplex"}``, which
+            also picks the bundle's Simplex weights and Simplex threshold).
+        checkpoint_key: ``--conf`` key that overrides the bundle's ``checkpoint``.
+        network_key: ``--conf`` key that overrides the bundle's ``network_def``.
     """
 
     method: str = ""
-    inferer_path: str = ""
-    fixed_inferer_kwargs: Mapping[str, Any] = {}
     method_options: tuple[Option, ...] = ()
     summary: str = ""
     bundle: str | None = None
-    bundle_keys: Mapping[str, str] | None = None
+    bundle_overrides: Mapping[str, Any] = {}
     checkpoint_key: str = "checkpoint"
-    default_checkpoint: str | None = None
-    noise_type: str = "gaussian"
     network_key: str = "network"
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
-        """Read the server options.
+        """Read the method's bundle with the server options applied.
 
         Args:
             name: task name.
             model_dir: the app's model folder (unused: weights live with the bundles).
             conf: ``--conf`` values.
             planner: unused.
-            kwargs: ``repo_root`` (folder holding ``bundles/``) and ``map_dir`` (folder for saved maps or ``None``).
+            kwargs: ``repo_root`` (relative ``--conf`` paths start there) and ``map_dir`` (folder for saved maps or
+                ``None``).
 
         Raises:
-            ValueError: an invalid ``image_size`` or ``preload`` value.
+            ValueError: an invalid ``image_size``, ``network`` or ``preload`` value.
+            FileNotFoundError: the method's bundle does not exist.
         """
         super().init(name, model_dir, conf, planner, **kwargs)
         self.repo_root = kwargs["repo_root"]
         self.map_dir = kwargs.get("map_dir")
-        checkpoint = conf.get(self.checkpoint_key, self.default_checkpoint)
-        if checkpoint is None:
-            checkpoint = shared_ddpm_checkpoint(self.repo_root, self.noise_type)
-        self.checkpoint = checkpoint if os.path.isabs(checkpoint) else os.path.join(self.repo_root, checkpoint)
-        sizes = [s for s in str(conf.get("image_size", "64")).split(",") if s.strip()]
-        if len(sizes) not in (1, 2) or not all(s.strip().isdigit() and int(s) > 0 for s in sizes):
-            raise ValueError(
-                f"--conf image_size must be 'N' or 'H,W' with positive integers, got {conf['image_size']!r}."
-            )
-        self.image_size = (int(sizes[0]), int(sizes[-1]))
         self.preload = bool(strtobool(conf.get("preload", "false")))
-        self.lpips_backbone = conf.get("lpips_backbone")
+        self.bundle_method = BundleMethod(self.bundle or self.method, self.server_overrides())
+        self.checkpoint = str(self.bundle_method.parse("checkpoint"))
 
-    # ------------------------------------------------------------------ overridable pieces
-    def default_network(self) -> dict[str, Any]:
-        """Architecture of the default weights (options of :func:`monai_diffad.networks.diffusion_unet`)."""
-        return dict(DEMO_UNET)
+    # ------------------------------------------------------------------ server options -> bundle keys
+    def server_overrides(self) -> dict[str, Any]:
+        """This variant's bundle keys and the ``--conf`` options, as bundle-key overrides.
 
-    def scheduler(self) -> Any:
-        """The schedule the weights were trained with."""
-        return ddpm_scheduler()
+        Raises:
+            ValueError: an invalid ``image_size`` or ``network`` value.
+        """
+        # MONAI Label hands the image to the pre-transforms under "image", whatever the bundle calls it
+        overrides: dict[str, Any] = {**self.bundle_overrides, "image_key": _IMAGE_KEY}
+        if self.checkpoint_key in self.conf:
+            path = self.conf[self.checkpoint_key]
+            overrides["checkpoint"] = path if os.path.isabs(path) else os.path.join(self.repo_root, path)
+        if self.network_key in self.conf:
+            overrides["network_def"] = self._network_def(self.conf[self.network_key])
+        if "image_size" in self.conf:
+            overrides["image_size"] = self._image_size(self.conf["image_size"])
+        return overrides
+
+    def _network_def(self, value: str) -> dict[str, Any]:
+        try:
+            kwargs = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"--conf {self.network_key} must be a JSON object of diffusion_unet options: {e}") from e
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--conf {self.network_key} must be a JSON object, got {value!r}.")
+        return {"_target_": _UNET_TARGET, **kwargs}
+
+    @staticmethod
+    def _image_size(value: str) -> int:
+        sizes = [s.strip() for s in str(value).split(",") if s.strip()]
+        if len(sizes) not in (1, 2) or not all(s.isdigit() and int(s) > 0 for s in sizes) or len(set(sizes)) != 1:
+            raise ValueError(
+                f"--conf image_size must be 'N' or 'N,N' with a positive integer N (the bundles' field of view is "
+                f"square), got {value!r}."
+            )
+        return int(sizes[0])
+
+    def request_overrides(self, inferer_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Bundle-key overrides that set the inferer's keywords; only validated numbers arrive here (a string
+        starting with ``$`` would be evaluated by the config parser)."""
+        overrides = {f"inferer#{k}": list(v) if isinstance(v, tuple) else v for k, v in inferer_kwargs.items()}
+        lpips = self.conf.get("lpips_backbone")
+        if lpips and "lpips_backbone_path" in (self.bundle_method.raw("inferer") or {}):
+            overrides["inferer#lpips_backbone_path"] = lpips
+        return overrides
+
+    # ------------------------------------------------------------------ pieces from the bundle
+    def build_inferer(self, **inferer_kwargs: Any) -> Any:
+        """The bundle's inferer with ``inferer_kwargs`` (request options) set over its own keys.
+
+        Raises:
+            TypeError, ValueError: the inferer refuses the options (e.g. a harmonization step above the noise level).
+        """
+        try:
+            return self.bundle_method.parse("inferer", self.request_overrides(inferer_kwargs))
+        except RuntimeError as e:  # the config parser wraps the constructor's own error
+            if isinstance(e.__cause__, (TypeError, ValueError)):
+                raise e.__cause__ from None
+            raise
+
+    def load_network(self, path: str) -> torch.nn.Module:
+        """The bundle's ``network_def`` with the weights of ``path`` (weights-only; legacy checkpoints converted)."""
+        return load_diffusion_unet(path, model=self.bundle_method.parse("network_def"))
 
     def calls_per_batch(self, inferer: Any) -> int | None:
         """Network calls one batch of slices costs (progress log), ``None`` when unknown."""
@@ -166,79 +224,76 @@ class AnomalyTaskConfig(TaskConfig):
             calls = len(inferer.reverse_schedule(inferer.noise_level))
         return None if calls is None else int(calls)
 
-    def inferer_kwargs(self, inferer_class: type) -> dict[str, Any]:
-        """Fixed constructor options of this variant (plus the LPIPS backbone path when configured and accepted)."""
-        kwargs = dict(self.fixed_inferer_kwargs)
-        if self.lpips_backbone and "lpips_backbone_path" in inspect.signature(inferer_class).parameters:
-            kwargs["lpips_backbone_path"] = self.lpips_backbone
-        return kwargs
+    def _label_setting(self, name: str) -> tuple[Any, bool]:
+        """``name`` (``threshold``, ``high_threshold``) of the ``AnomalyMapToLabeld`` in the bundle's postprocessing:
+        the value the bundle labels with (e.g. THOR's ``active_threshold`` of its noise type), and whether found."""
+        key = self.bundle_method.component_key("postprocessing", "AnomalyMapToLabeld")
+        if key is None or name not in (self.bundle_method.raw(key) or {}):
+            return None, False
+        return self.bundle_method.parse(f"{key}#{name}"), True
 
-    def network_kwargs(self) -> dict[str, Any]:
-        """The architecture: ``--conf <network_key>`` (a JSON object) or :meth:`default_network`.
-
-        Raises:
-            ValueError: the value is not a JSON object of valid ``diffusion_unet`` options.
-        """
-        if self.network_key not in self.conf:
-            return self.default_network()
-        try:
-            kwargs = json.loads(self.conf[self.network_key])
-        except ValueError as e:
-            raise ValueError(f"--conf {self.network_key} must be a JSON object of diffusion_unet options: {e}") from e
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"--conf {self.network_key} must be a JSON object, got {self.conf[self.network_key]!r}.")
-        diffusion_unet(**kwargs)  # fail at start-up, not at the first request, on a wrong architecture
-        return kwargs
-
-    # ------------------------------------------------------------------ task
     def _options(self, default_inferer: Any) -> tuple[tuple[Option, ...], str]:
-        """All request options with their defaults (inferer defaults, then the bundle's values) and the threshold's
-        source."""
+        """All request options with their defaults, and where the threshold came from.
+
+        Defaults: the bundle inferer's values (``default_inferer``) for options that set inferer keys, the bundle's
+        ``seed`` and label thresholds; a bundle without a threshold gets 0.5 with a warning.
+        """
         options = [
             o.with_default(getattr(default_inferer, o.target)) if o.default is None and o.target else o
             for o in TASK_OPTIONS + tuple(self.method_options)
         ]
-        bundle_file = os.path.join(self.repo_root, "bundles", self.bundle or self.method, "inference.json")
-        from_bundle = read_bundle_defaults(bundle_file, tuple(options), self.bundle_keys)
-        if from_bundle:
-            logger.info(f"{self.name}: defaults from {bundle_file}: {from_bundle}")
-        options = [o.with_default(from_bundle[o.name]) if o.name in from_bundle else o for o in options]
-        if "threshold" in from_bundle:
-            source = os.path.relpath(bundle_file, self.repo_root)
+        defaults: dict[str, Any] = {}
+        threshold, found = self._label_setting("threshold")
+        if found and threshold is not None:
+            defaults["threshold"] = threshold
+        high, found_high = self._label_setting("high_threshold")
+        if found_high:
+            defaults["high_threshold"] = high
+        seed = self.bundle_method.raw("seed")
+        if isinstance(seed, int):
+            defaults["seed"] = seed
+        options = [o.with_default(defaults[o.name]) if o.name in defaults else o for o in options]
+        logger.info(f"{self.name}: defaults from {self.bundle_method.config_file}: {defaults}")
+        if "threshold" in defaults:
+            path = os.path.abspath(self.bundle_method.config_file)
+            root = os.path.abspath(self.repo_root)
+            source = os.path.relpath(path, root) if path.startswith(root + os.sep) else path
         else:
             source = "default"
             logger.warning(
-                f"{self.name}: no calibrated 'threshold' in {bundle_file}; using "
+                f"{self.name}: no calibrated label threshold in {self.bundle_method.config_file}; using "
                 f"{next(o.default for o in options if o.name == 'threshold')} "
                 "(override it per request with params {'threshold': ...})."
             )
         return tuple(options), source
 
+    # ------------------------------------------------------------------ task
     def infer(self) -> AnomalyInferTask | None:
         """Build the infer task, or ``None`` (with a warning) when the method is not part of this installation.
 
         Raises:
-            ValueError: an invalid ``--conf`` network architecture.
+            ValueError: the bundle's network or inferer cannot be built.
         """
         try:
-            inferer_class = _import(self.inferer_path)
-        except (ImportError, AttributeError) as e:
-            logger.warning(f"{self.name}: method not available ({self.inferer_path}: {e}); task skipped.")
+            default_inferer = self.build_inferer()
+            self.bundle_method.parse("network_def")  # fail at start-up, not at the first request, on a bad network
+        except Exception as e:
+            if not _import_failed(e):
+                raise ValueError(f"{self.name}: cannot build the method from {self.bundle_method.config_file}: {e}") from e
+            logger.warning(f"{self.name}: method not available ({e}); task skipped.")
             return None
-        network_kwargs = self.network_kwargs()
-        fixed = self.inferer_kwargs(inferer_class)
-        options, source = self._options(inferer_class(self.scheduler(), **fixed))
+        options, source = self._options(default_inferer)
         if not os.path.isfile(self.checkpoint):
             logger.warning(f"{self.name}: checkpoint {self.checkpoint} not found; the model is hidden until it exists.")
         return AnomalyInferTask(
             method=self.method,
-            inferer_factory=lambda **kw: inferer_class(self.scheduler(), **kw),
+            inferer_factory=self.build_inferer,
             checkpoint=self.checkpoint,
-            load_network=partial(load_diffusion_unet, **network_kwargs),
+            load_network=self.load_network,
             options=options,
-            fixed_inferer_kwargs=fixed,
+            preprocessing=lambda: self.bundle_method.parse("preprocessing").transforms,
+            brain_mask_key=str(self.bundle_method.raw("brain_mask_key") or "brain_mask"),
             calls_per_batch=self.calls_per_batch,
-            image_size=self.image_size,
             threshold_source=source,
             map_dir=self.map_dir,
             description=f"{self.summary} Runs 2D slice-wise on volumes; label 1 = anomaly, 2 = anomaly_high.",

@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""DDPM partial-noising reconstruction baseline."""
+"""DDPM partial-noising reconstruction baseline (``bundles/ddpm``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,5 @@ __all__ = ["DDPMConfig"]
 
 class DDPMConfig(AnomalyTaskConfig):
     method = "ddpm"
-    inferer_path = "monai_diffad.inferers.ddpm.DDPMAnomalyInferer"
     method_options = (NOISE_LEVEL,)
     summary = "DDPM: noise the image partially, restore it, map the residual."

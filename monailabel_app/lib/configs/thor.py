@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""THOR with Gaussian noise (the app's default model)."""
+"""THOR with Gaussian noise (the app's default model; ``bundles/thor``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,5 @@ HARMONIZATION_STEPS = Option(
 
 class THORConfig(AnomalyTaskConfig):
     method = "thor"
-    inferer_path = "monai_diffad.inferers.thor.THORInferer"
     method_options = (NOISE_LEVEL, HARMONIZATION_STEPS)
     summary = "THOR (Gaussian noise): diffusion restoration harmonized with the input; map of what was restored."

@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""THOR with Simplex noise (its own defaults: L = 250, H = 200/150/100/50)."""
+"""THOR with Simplex noise: the THOR bundle with ``noise_type`` set to ``simplex``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ __all__ = ["THORSimplexConfig"]
 
 class THORSimplexConfig(AnomalyTaskConfig):
     method = "thor_simplex"
-    inferer_path = "monai_diffad.inferers.thor.THORInferer"
-    noise_type = "simplex"
-    # the THOR bundle calibrates the Simplex variant separately; its other values are the Gaussian variant's
+    # the THOR bundle's own switch: it picks the Simplex-trained weights, the Simplex defaults of the inferer
+    # (L = 250, H = 200/150/100/50) and the separately calibrated threshold_simplex
     bundle = "thor"
-    bundle_keys = {"threshold": "threshold_simplex"}
-    fixed_inferer_kwargs = {"noise_type": noise_type}
+    bundle_overrides = {"noise_type": "simplex"}
     method_options = (NOISE_LEVEL, HARMONIZATION_STEPS)
     summary = "THOR (Simplex noise): diffusion restoration harmonized with the input; map of what was restored."

@@ -4,17 +4,21 @@
 Pipeline of one request (``BasicInferTask.__call__`` runs the stages in this order):
 
 1. Request options are validated first (:meth:`AnomalyInferTask.__call__`), so a bad request fails before any work.
-2. Pre-transforms: load (NIfTI, NRRD, DICOM series), channel first, ``Orientationd("RAS")`` (the training slices are
-   RAS ``[x, y]`` axial planes), the training intensity normalisation (``ForegroundPercentileScaled``) on the whole
-   volume, and an invertible in-plane resize to the network's resolution (slices along the last axis are kept).
+   A ``<name>_brain_mask<ext>`` file beside the image is added to the request as its brain mask.
+2. Pre-transforms: the method bundle's own ``preprocessing`` (the geometry contract): load (NIfTI, NRRD, DICOM
+   series) the image and the brain mask, channel first, RAS, in-plane resampling to ``pixel_size_mm`` (slices kept),
+   the brain mask (given, or the image's foreground with holes filled), masked percentile normalisation, the
+   ``field_of_view_mm`` square around the brain centroid, resize to the network's ``image_size``.
 3. Inference: the method's ``detect()`` on the server's device; 3D volumes run slice-wise in batches of
    ``slice_batch_size`` slices; progress is logged per network call.
-4. Inversion of the invertible pre-transforms (resize, orientation) on the float map, so it is in the input's grid.
-5. Post-transforms: the map is kept as ``anomaly_map`` and binned into a uint8 label (``anomaly`` from ``threshold``,
-   ``anomaly_high`` from ``high_threshold``), optional removal of small connected regions, channel squeeze and
-   ``Restored`` (the input's original affine for the writer).
+4. Inversion of every invertible pre-transform on the float map, and of the brain mask from where the contract made
+   it (at ``pixel_size_mm``, nearest interpolation), so both are on the input's grid.
+5. Post-transforms: the map is zeroed outside the brain mask (``mask_background``, on by default as in the bundles),
+   kept as ``anomaly_map`` and binned into a uint8 label (``anomaly`` from ``threshold``, ``anomaly_high`` from
+   ``high_threshold``), optional removal of small connected regions, channel squeeze and ``Restored`` (the input's
+   original affine for the writer).
 6. Writer: the label (what Slicer shows) or, with ``output="map"``, the float map as NIfTI; ``save_map`` also keeps
-   the float map beside the studies.
+   the float map beside the studies. The image score is the bundle's: the mean of the top values of the final map.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
-from monai.transforms import CopyItemsd, Lambdad, SqueezeDimd
+from monai.transforms import CopyItemsd, InvertibleTransform, Lambdad, MaskIntensityd, SqueezeDimd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -48,8 +52,9 @@ from scipy import ndimage
 
 from lib.infers.params import InvalidInferRequest, Option, parse_options
 from lib.infers.progress import ProgressLoggedNetwork
-from monai_diffad.pipelines import inference_preprocessing
-from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, atomic_path
+from monai_diffad.bundles import brain_mask_beside
+from monai_diffad.maps.scoring import top_fraction_mean
+from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, BrainMaskd, atomic_path
 
 __all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY"]
 
@@ -58,6 +63,9 @@ logger = logging.getLogger(__name__)
 #: key under which the validated options travel through the task's stages
 OPTIONS_KEY = "_anomaly_options"
 _MAP_KEY = "anomaly_map"
+#: share of the highest map values averaged into the image score (the inferer's, recorded per request)
+_SCORE_FRACTION_KEY = "_anomaly_score_fraction"
+#: the brain mask as ``BrainMaskd`` made it (before the frame and the resize), for masking on the input's grid
 _INFERER_CACHE_SIZE = 8
 
 #: Options every anomaly task has; methods add their own (noise level, harmonization steps, ...).
@@ -70,13 +78,14 @@ TASK_OPTIONS: tuple[Option, ...] = (
     ),
     Option("seed", "int", 0, "Seed of the diffusion noise; the same seed gives the same result.", 0, 2**63 - 1),
     Option(
-        "slice_batch_size", "int", 32, "Slices processed together (bounds GPU/CPU memory).", 1, 4096,
+        "slice_batch_size", "int", None, "Slices processed together (bounds GPU/CPU memory).", 1, 4096,
         target="max_batch_size",
     ),
     Option(
-        "mask_background", "bool", False,
-        "Zero the map where the image is background (<= 0) and score the foreground only (skull-stripped inputs); "
-        "off by default, as in the bundles and the papers' evaluation.",
+        "mask_background", "bool", True,
+        "Zero the map outside the brain mask (the <name>_brain_mask file beside the image, else the image's "
+        "foreground with holes filled) and score it there, as the bundles do; false keeps the map over the "
+        "whole frame around the brain (to check the mask).",
     ),
     Option("min_size", "int", 0, "Remove labelled regions smaller than this many voxels (0 keeps all).", 0, 10**9),
     Option(
@@ -108,6 +117,26 @@ def _drop_small_components(label: torch.Tensor, min_size: int) -> torch.Tensor:
     return label * torch.as_tensor(keep[components], dtype=label.dtype)[None]
 
 
+def _input_mask_key(transforms: Sequence[Callable]) -> str:
+    """Key of the brain mask that the contract's ``BrainMaskd`` keeps on the input's own grid (its ``copy_key``).
+
+    Raises:
+        ValueError: the preprocessing has no such step (a bundle that does not follow the geometry contract).
+    """
+    for transform in transforms:
+        if isinstance(transform, BrainMaskd) and transform.copy_key is not None:
+            return transform.copy_key
+    raise ValueError("the bundle's preprocessing has no BrainMaskd step with a copy_key (see docs/geometry.md).")
+
+
+def _invert(data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+    """``data`` through the inverses of the invertible ``transforms``, last first; each key by its own trace."""
+    for transform in reversed(transforms):
+        if isinstance(transform, InvertibleTransform):
+            data = transform.inverse(data)
+    return data
+
+
 def _image_id(image_path: str) -> str:
     name = os.path.basename(os.path.normpath(image_path))
     ext = file_ext(name)
@@ -128,9 +157,11 @@ class AnomalyInferTask(BasicInferTask):
         checkpoint: network weights file; the task is not offered (``is_valid()`` False) while it does not exist.
         load_network: reads ``checkpoint`` into a network (safe loading, legacy checkpoint conversion).
         options: every request option (``TASK_OPTIONS`` and the method's), with their defaults.
-        fixed_inferer_kwargs: inferer options the request cannot change (e.g. ``noise_type`` of a variant).
+        preprocessing: builds the bundle's ``preprocessing`` transforms (the geometry contract), run as MONAI
+            Label's pre-transforms and inverted on the map; built per request, so concurrent requests share no
+            transform or image reader.
+        brain_mask_key: the key under which ``preprocessing`` reads and writes the brain mask.
         calls_per_batch: network calls an inferer makes per batch of slices, for the progress log.
-        image_size: in-plane (H, W) the network was trained at.
         threshold_source: where the default threshold came from (reported in results).
         map_dir: folder for ``save_map`` results (``None`` refuses ``save_map``).
         description: shown by MONAI Label clients.
@@ -147,9 +178,9 @@ class AnomalyInferTask(BasicInferTask):
         checkpoint: str,
         load_network: Callable[[str], torch.nn.Module],
         options: Sequence[Option],
-        fixed_inferer_kwargs: Mapping[str, Any] | None = None,
+        preprocessing: Callable[[], Sequence[Callable]],
+        brain_mask_key: str = "brain_mask",
         calls_per_batch: Callable[[Any], int | None] | None = None,
-        image_size: Sequence[int] = (64, 64),
         threshold_source: str = "default",
         map_dir: str | None = None,
         description: str = "",
@@ -162,9 +193,9 @@ class AnomalyInferTask(BasicInferTask):
         self.inferer_factory = inferer_factory
         self.load_network = load_network
         self.options = tuple(options)
-        self.fixed_inferer_kwargs = dict(fixed_inferer_kwargs or {})
+        self.preprocessing = preprocessing
+        self.brain_mask_key = brain_mask_key
         self.calls_per_batch = calls_per_batch or (lambda inferer: None)
-        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.threshold_source = threshold_source
         self.map_dir = map_dir
         self._inferers: OrderedDict[tuple, Any] = OrderedDict()
@@ -183,10 +214,8 @@ class AnomalyInferTask(BasicInferTask):
 
     # ------------------------------------------------------------------ request validation
     def inferer_kwargs(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Constructor options of the inferer for validated request ``values``."""
-        kwargs = dict(self.fixed_inferer_kwargs)
-        kwargs.update({o.target: values[o.name] for o in self.options if o.target is not None})
-        return kwargs
+        """Inferer keys the validated request ``values`` set over the bundle's."""
+        return {o.target: values[o.name] for o in self.options if o.target is not None}
 
     def _inferer(self, kwargs: Mapping[str, Any]) -> Any:
         """The inferer for these options; a few are cached because building one may load LPIPS weights."""
@@ -234,23 +263,54 @@ class AnomalyInferTask(BasicInferTask):
                 cannot be processed (e.g. it is empty or has several channels).
         """
         values = self.validate_request(request)
-        return super().__call__({**request, OPTIONS_KEY: values}, callbacks)
+        request = {**request, OPTIONS_KEY: values}
+        # validated first: a client cannot name a mask file itself, only place one beside its image
+        image = request.get("image")
+        mask = brain_mask_beside(image) if isinstance(image, str) else None
+        if mask is not None:
+            logger.info(f"{self.method}: brain mask {mask}")
+            request[self.brain_mask_key] = mask
+        return super().__call__(request, callbacks)
 
     # ------------------------------------------------------------------ stages
     def pre_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
-        """Load → channel first → RAS → training normalisation → in-plane resize; ``(1, H', W'[, D])`` in [0, 1]."""
-        return list(inference_preprocessing(self.image_size, image_only=False).transforms)
+        """The bundle's ``preprocessing``: image and brain mask as ``(1, image_size, image_size[, D])``, image in
+        [0, 1], and the brain mask as given (or found) on the input's grid. The loader's MetaTensors carry the
+        original affine and shape that ``Restored`` writes back."""
+        return list(self.preprocessing())
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
-        """MONAI Label's pre-processing, with unusable image content reported as a client error."""
+        """MONAI Label's pre-processing, with unusable image content reported as a client error.
+
+        ``image_path`` (MONAI Label's copy of the image's path) is held back meanwhile: ``Spacingd`` takes every
+        ``image_*`` key for a meta dict of the image and fails on a string.
+        """
+        prefix = f"{self.input_key}_"
+        held = {k: data.pop(k) for k in [k for k in data if k.startswith(prefix) and isinstance(data[k], str)]}
         try:
-            return super().run_pre_transforms(data, transforms)
+            data = super().run_pre_transforms(data, transforms)
         except ValueError as e:  # our transforms raise ValueError for unusable content (empty image, NaN, ...)
             raise InvalidInferRequest(f"the image cannot be processed: {e}") from e
+        finally:
+            data.update(held)
+        return data
 
     def inverse_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Any]:
-        """``[]``: MONAI Label inverts every invertible pre-transform (in-plane resize, orientation) on the map."""
+        """``[]``: every invertible pre-transform (resize, frame, spacing, orientation) is inverted on the map."""
         return []
+
+    def run_invert_transforms(self, data: dict[str, Any], pre_transforms: Sequence[Callable], names: Any) -> dict:
+        """MONAI Label's inversion of the pre-transforms on the map (``pred``), by the image's trace.
+
+        The brain mask the post-transforms restrict the map to needs no inversion: ``BrainMaskd`` keeps a copy on the
+        input's grid (:func:`_input_mask_key`).
+        """
+        if names is None:
+            return data
+        frame = {self.input_key: data[self.output_label_key], self.brain_mask_key: data[self.brain_mask_key]}
+        data[self.output_label_key] = _invert(frame, pre_transforms)[self.input_key]
+        data[self.brain_mask_key] = data[_input_mask_key(pre_transforms)]
+        return data
 
     def post_transforms(self, data: Mapping[str, Any] | None = None) -> Sequence[Callable]:
         """Keep the float map, bin it into the label, drop small regions, squeeze the channel, set the affine."""
@@ -258,6 +318,10 @@ class AnomalyInferTask(BasicInferTask):
         post: list[Callable] = [
             # interpolation back to the input grid may overshoot [0, 1] slightly
             Lambdad(keys="pred", func=partial(torch.clamp, min=0.0, max=1.0)),
+        ]
+        if values["mask_background"]:
+            post.append(MaskIntensityd(keys="pred", mask_key=self.brain_mask_key))
+        post += [
             CopyItemsd(keys="pred", names=_MAP_KEY),
             AnomalyMapToLabeld(
                 keys="pred", threshold=values["threshold"], high_threshold=values["high_threshold"], label_key="pred"
@@ -301,7 +365,6 @@ class AnomalyInferTask(BasicInferTask):
 
         inputs = torch.as_tensor(image.as_tensor() if isinstance(image, MetaTensor) else image)[None].float()
         inputs = inputs.to(torch.device(device))
-        mask = (inputs > 0).float() if values["mask_background"] else None
         slices = inputs.shape[-1] if inputs.ndim == 5 else 1
         batches = math.ceil(slices / values["slice_batch_size"])
         per_batch = self.calls_per_batch(inferer)
@@ -310,9 +373,9 @@ class AnomalyInferTask(BasicInferTask):
         logger.info(f"{label}: {slices} slice(s) of {tuple(inputs.shape[2:4])} in {batches} batch(es) on {device}")
 
         start = time.perf_counter()
-        out = inferer.detect(inputs, logged, mask=mask, generator=torch.Generator().manual_seed(values["seed"]))
+        # as the bundle's evaluator: the whole frame is restored; the brain mask applies on the input's grid
+        out = inferer.detect(inputs, logged, generator=torch.Generator().manual_seed(values["seed"]), progress=False)
         amap = out.anomaly_map[0].float().cpu()
-        score = float(out.score[0])
         elapsed = time.perf_counter() - start
         if str(device).startswith("cuda"):
             torch.cuda.empty_cache()
@@ -322,9 +385,9 @@ class AnomalyInferTask(BasicInferTask):
             amap, meta=copy.deepcopy(image.meta), applied_operations=copy.deepcopy(image.applied_operations)
         )
         perceptual = getattr(inferer, "perceptual", None)
+        data[_SCORE_FRACTION_KEY] = getattr(inferer, "score_top_fraction", 0.01)
         data[self.output_json_key] = {
             "method": self.method,
-            "score": score,
             "threshold": values["threshold"],
             "high_threshold": values["high_threshold"],
             "threshold_source": self.threshold_source,
@@ -338,7 +401,7 @@ class AnomalyInferTask(BasicInferTask):
                 "device": str(device),
             },
         }
-        logger.info(f"{label}: score {score:.4f} in {elapsed:.1f}s ({logged.calls} network calls)")
+        logger.info(f"{label}: done in {elapsed:.1f}s ({logged.calls} network calls)")
         return data
 
     # ------------------------------------------------------------------ output
@@ -363,6 +426,9 @@ class AnomalyInferTask(BasicInferTask):
         values = data[OPTIONS_KEY]
         result = data[self.output_json_key]
         label = np.asarray(data["pred"])
+        # the bundle's image score (AnomalyResultsWriter): top values of the final map on the input's grid
+        amap = torch.as_tensor(np.asarray(data[_MAP_KEY]), dtype=torch.float32)
+        result["score"] = float(top_fraction_mean(amap[None], data[_SCORE_FRACTION_KEY])[0])
         result["label_voxels"] = {name: int((label == value).sum()) for name, value in self.labels.items()}
         map_file = None
         if values["output"] == "map" or values["save_map"]:
