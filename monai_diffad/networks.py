@@ -21,6 +21,7 @@ __all__ = [
     "diffusion_unet",
     "ddpm_scheduler",
     "load_state_dict_safely",
+    "load_weights_only",
     "convert_legacy_unet_state_dict",
     "load_diffusion_unet",
 ]
@@ -101,6 +102,22 @@ def ddpm_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) ->
     )
 
 
+def load_weights_only(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with any refusal turned into one clear ``ValueError``.
+
+    Raises:
+        ValueError: the file holds anything but tensors and plain containers (e.g. a pickle that would run code,
+            which is never executed), or is truncated.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not a safe checkpoint"
+        raise ValueError(
+            f"Refused to load '{path}': it is not a weights-only checkpoint ({type(e).__name__}: {e}). "
+            "Only tensors and plain containers are accepted; re-save the state_dict with torch.save."
+        ) from e
+
+
 def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint without executing code from it.
 
@@ -137,13 +154,7 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
         except Exception as e:  # SafetensorError, OSError, ...: a truncated or foreign file
             raise ValueError(f"Cannot read '{path}' as safetensors ({type(e).__name__}: {e}).") from e
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean "not a safe checkpoint"
-            raise ValueError(
-                f"Refused to load '{path}': it is not a weights-only checkpoint ({type(e).__name__}: {e}). "
-                "Only tensors and plain containers are accepted; re-save the state_dict with torch.save."
-            ) from e
+        obj = load_weights_only(path)
     # imported here: a module-level import would load the quantization CLI before ``python -m`` runs it
     from monai_diffad.quantization import dequantize_state_dict, is_int8_state_dict
 

@@ -96,7 +96,8 @@ def materialize_int8(path: str, cache_dir: str | None = None) -> str:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not an int8 checkpoint.
+        ValueError: ``path`` is not an int8 checkpoint, or not a weights-only file (a pickle carrying code is refused
+            without running it).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Int8 checkpoint not found: '{path}'.")
@@ -108,8 +109,9 @@ def materialize_int8(path: str, cache_dir: str | None = None) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     target = os.path.join(cache_dir, f"{stem}-{digest.hexdigest()[:16]}.pt")
     if not os.path.isfile(target):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = dequantize_state_dict(checkpoint)
+        from monai_diffad.networks import load_weights_only  # imported here: networks imports this module lazily too
+
+        state = dequantize_state_dict(load_weights_only(path))
         os.makedirs(cache_dir, exist_ok=True)
         partial = f"{target}.{os.getpid()}.tmp"  # concurrent ranks each write their own file, then rename atomically
         torch.save(state, partial)

@@ -1,9 +1,11 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Same seed, same bits on CPU: across runs, batch sizes, chunking and 2D/3D layouts, for every inferer.
+"""Seeded runs on CPU: the same bits across repeated runs; across batch sizes, chunking and 2D/3D layouts the same
+results to float rounding (``BATCH_ATOL``), for every inferer, with a network that computes something.
 
-GPU note: on CUDA, cuDNN may choose batch-size-dependent or non-deterministic kernels, so
-results are reproducible to float rounding there, not bit for bit; the noise itself is drawn on the CPU and is the
-same on both devices.
+Why not bit for bit across batch sizes: oneDNN/MKL pick batch-size-dependent blockings for convolutions and matrix
+products, so a network's output for one image changes in the last bits with its batch size (the noise itself is
+drawn per image and does not). Noise levels here are high enough (40, strided) that a 0.1 % change of the network
+output per extra batch item moves the results by far more than ``BATCH_ATOL``.
 """
 
 from __future__ import annotations
@@ -13,38 +15,30 @@ import warnings
 import pytest
 import torch
 import torchvision
-from conftest import phantom
+from conftest import BATCH_ATOL, assert_batch_close, assert_nontrivial, phantom, tiny_diffusion_unet
 
 from monai_diffad.inferers import AnoDDPMInferer, AutoDDPMInferer, DDPMAnomalyInferer, THORInferer
 from monai_diffad.inferers.disyre import DISYREInferer
-from monai_diffad.networks import ddpm_scheduler, diffusion_unet
+from monai_diffad.networks import ddpm_scheduler
 
 SCHEDULER = ddpm_scheduler()
+FAST = {"noise_level": 40, "step_stride": 10, "perceptual": "ssim"}
 METHODS = {
-    "ddpm": lambda **k: DDPMAnomalyInferer(SCHEDULER, noise_level=4, perceptual="ssim", **k),
-    "ddpm_perceptual": lambda **k: DDPMAnomalyInferer(
-        SCHEDULER, noise_level=4, perceptual="ssim", perceptual_weighting=True, **k
-    ),
-    "anoddpm": lambda **k: AnoDDPMInferer(SCHEDULER, noise_level=4, perceptual="ssim", **k),
-    "thor": lambda **k: THORInferer(
-        SCHEDULER, noise_level=4, harmonization_steps=(3, 1), record_interval=2, perceptual="ssim", **k
-    ),
+    "ddpm": lambda **k: DDPMAnomalyInferer(SCHEDULER, **FAST, **k),
+    "ddpm_perceptual": lambda **k: DDPMAnomalyInferer(SCHEDULER, perceptual_weighting=True, **FAST, **k),
+    "anoddpm": lambda **k: AnoDDPMInferer(SCHEDULER, **FAST, **k),
+    "thor": lambda **k: THORInferer(SCHEDULER, harmonization_steps=(30, 10), record_interval=10, **FAST, **k),
     "thor_simplex": lambda **k: THORInferer(
-        SCHEDULER, noise_type="simplex", noise_level=4, harmonization_steps=(2,), record_interval=2, perceptual="ssim",
-        **k,
+        SCHEDULER, noise_type="simplex", harmonization_steps=(20,), record_interval=10, **FAST, **k
     ),
-    "autoddpm": lambda **k: AutoDDPMInferer(
-        SCHEDULER, noise_level=3, resample_level=2, resample_passes=2, perceptual="ssim", **k
-    ),
+    "autoddpm": lambda **k: AutoDDPMInferer(SCHEDULER, resample_level=20, resample_passes=2, **FAST, **k),
     "disyre": lambda **k: DISYREInferer(step_size=50, **k),
 }
 
 
 @pytest.fixture(scope="module")
 def net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = diffusion_unet(channels=(8, 8), attention_levels=(False, False), num_head_channels=8, norm_num_groups=4)
-    return net.eval()
+    return tiny_diffusion_unet()
 
 
 @pytest.fixture(scope="module")
@@ -62,28 +56,33 @@ def _assert_identical(a, b) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_same_seed_same_bits_across_runs_and_chunking(method, net, images):
+def test_same_seed_same_bits_across_runs_and_close_across_chunking(method, net, images):
     reference = _run(method, images, net, max_batch_size=8)
+    assert_nontrivial(reference, images)
     _assert_identical(reference, _run(method, images, net, max_batch_size=8))
     for chunk in (1, 2):
-        _assert_identical(reference, _run(method, images, net, max_batch_size=chunk))
+        assert_batch_close(reference, _run(method, images, net, max_batch_size=chunk))
     # a batch's first images get the same seeds as a shorter batch: results do not depend on batch-mates
-    _assert_identical({k: v[:2] for k, v in reference.items() if k != "intermediates"}, _run(method, images[:2], net))
+    assert_batch_close({k: v[:2] for k, v in reference.items() if k != "intermediates"}, _run(method, images[:2], net))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_volumes_same_bits_whatever_the_slice_chunking(method, net, images):
+def test_volumes_close_whatever_the_slice_chunking(method, net, images):
     volume = images.permute(1, 2, 3, 0).unsqueeze(0).repeat(2, 1, 1, 1, 1)  # (2, 1, 16, 16, 3)
     reference = _run(method, volume, net, max_batch_size=6)
     assert reference.anomaly_map.shape == (2, 1, 16, 16, 3)
-    for chunk in (1, 4, 6):
-        _assert_identical(reference, _run(method, volume, net, max_batch_size=chunk))
+    _assert_identical(reference, _run(method, volume, net, max_batch_size=6))
+    for chunk in (1, 4):
+        assert_batch_close(reference, _run(method, volume, net, max_batch_size=chunk))
+    # a volume's slices do not depend on the other volumes of the batch
+    alone = _run(method, volume[:1], net, max_batch_size=6)
+    assert_batch_close({k: v[:1] for k, v in reference.items() if k != "intermediates"}, alone)
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"disyre"}))
 def test_other_seed_other_noise(method, net, images):
     one, two = _run(method, images, net, seed=1), _run(method, images, net, seed=2)
-    assert not torch.equal(one.pseudo_healthy, two.pseudo_healthy)
+    assert float((one.pseudo_healthy - two.pseudo_healthy).abs().max()) > 100 * BATCH_ATOL
 
 
 def test_disyre_needs_no_seed(net, images):
@@ -100,7 +99,7 @@ def test_global_rng_state_is_used_and_restorable(net, images):
 
 
 def test_lpips_path_is_batch_invariant_on_cpu(net, tmp_path):
-    """With LPIPS weights on disk (a random squeezenet here: plumbing, not real LPIPS) THOR stays bit-identical."""
+    """With LPIPS weights on disk (a random squeezenet here: plumbing, not real LPIPS) THOR stays batch-invariant."""
     images = phantom(32, batch=3)[0]  # LPIPS-squeeze needs at least 17 pixels per side
     torch.manual_seed(0)
     backbone = tmp_path / "squeeze.pth"
@@ -108,8 +107,8 @@ def test_lpips_path_is_batch_invariant_on_cpu(net, tmp_path):
 
     def thor(**kwargs):
         inferer = THORInferer(
-            SCHEDULER, noise_level=4, harmonization_steps=(3, 1), record_interval=2, lpips_backbone_path=str(backbone),
-            **kwargs,
+            SCHEDULER, noise_level=40, step_stride=10, harmonization_steps=(30, 10), record_interval=10,
+            lpips_backbone_path=str(backbone), **kwargs,
         )
         return inferer.detect(images, net, generator=torch.Generator().manual_seed(5)), inferer
 
@@ -117,15 +116,18 @@ def test_lpips_path_is_batch_invariant_on_cpu(net, tmp_path):
         warnings.simplefilter("ignore")
         reference, inferer = thor(max_batch_size=8)
         assert inferer.perceptual.description == "lpips-squeeze"
+        assert_nontrivial(reference, images)
         _assert_identical(reference, thor(max_batch_size=8)[0])
-        _assert_identical(reference, thor(max_batch_size=1)[0])
+        assert_batch_close(reference, thor(max_batch_size=1)[0])
 
 
 def test_draw_image_seeds_skips_images_of_a_stream(scheduler, tiny_unet):
     x, _, _ = phantom(32, batch=3)
-    inferer = AnoDDPMInferer(scheduler, noise_level=4)
+    inferer = AnoDDPMInferer(scheduler, noise_level=40, step_stride=10)
     whole = inferer.detect(x, tiny_unet, generator=torch.Generator().manual_seed(7))
     generator = torch.Generator().manual_seed(7)
     inferer.draw_image_seeds(2, generator)  # what a shard starting at image 2 does
     tail = inferer.detect(x[2:], tiny_unet, generator=generator)
-    assert torch.equal(tail.anomaly_map, whole.anomaly_map[2:])
+    assert_batch_close({k: v[2:] for k, v in whole.items() if k != "intermediates"}, tail)
+    unskipped = inferer.detect(x[2:], tiny_unet, generator=torch.Generator().manual_seed(7))
+    assert float((unskipped.pseudo_healthy - tail.pseudo_healthy).abs().max()) > 100 * BATCH_ATOL

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BATCH_ATOL, TINY_UNET, tiny_diffusion_unet
 
 from monai_diffad import DDPMAnomalyInferer
 from monai_diffad.evaluate import EvaluationSet, MethodMetrics, evaluate_method
@@ -26,7 +27,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 #: seconds allowed for one torchrun job (two processes on CPU)
 TIMEOUT_S = 180
-TINY_NET = {"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8, "norm_num_groups": 4}
+TINY_NET = TINY_UNET
 #: size class per evaluation item: lesion-free at positions 1 and 5; of 2 ranks, the second has no "small" item
 CLASSES = np.array([3, 0, 1, 2, 3, 0, 2, 2])
 EVAL_SIZE = 32
@@ -54,8 +55,7 @@ def evaluation_set() -> EvaluationSet:
 
 
 def tiny_network() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return diffusion_unet(**TINY_NET).eval()
+    return tiny_diffusion_unet()
 
 
 def free_port() -> int:
@@ -148,10 +148,10 @@ def test_noise_positions_give_each_share_the_single_pass_results():
     dealt = evaluate_method(inferer, network, dataset, share, noise_positions=share, **kwargs)
     unshifted = evaluate_method(inferer, network, dataset, share, **kwargs)
     assert sorted(dealt.examples) == share
-    for index in share:
-        np.testing.assert_array_equal(dealt.examples[index], whole.examples[index])
+    for index in share:  # other batch sizes than the single pass: equal to float rounding
+        np.testing.assert_allclose(dealt.examples[index], whole.examples[index], atol=BATCH_ATOL, rtol=0)
     # without the positions the share draws the first images' noise: the maps differ
-    assert any(not np.array_equal(unshifted.examples[i], whole.examples[i]) for i in share)
+    assert any(np.abs(unshifted.examples[i] - whole.examples[i]).max() > 100 * BATCH_ATOL for i in share)
     for bad in ([0, -1, 2, 3, 4], [0, 1]):
         with pytest.raises(ValueError, match="noise_positions"):
             evaluate_method(inferer, network, dataset, share, noise_positions=bad)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import phantom
+from conftest import BATCH_ATOL, phantom
 from monai.bundle import ConfigParser
 from monai.inferers import DiffusionInferer, SimpleInferer
 
@@ -327,12 +327,13 @@ def test_determinism_batch_independence_and_3d(tiny_unet):
     inferer = DISYREInferer(max_batch_size=1)
     x = phantom(32, batch=2, seed=3)[0]
     a, b = inferer.detect(x, tiny_unet), DISYREInferer().detect(x, tiny_unet)
-    torch.testing.assert_close(a.anomaly_map, b.anomaly_map, atol=1e-6, rtol=0)
+    assert float((a.pseudo_healthy - x).abs().mean()) > 1e-3  # the network does something
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map, atol=BATCH_ATOL, rtol=0)
     assert torch.equal(a.anomaly_map, inferer.detect(x, tiny_unet).anomaly_map)
     volume = torch.stack([x[0], x[1], x[0]], dim=-1)[None]  # (1, 1, 32, 32, 3)
     out = inferer.detect(volume, tiny_unet)
     assert out.anomaly_map.shape == (1, 1, 32, 32, 3)
-    torch.testing.assert_close(out.anomaly_map[..., 1], a.anomaly_map[1:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.anomaly_map[..., 1], a.anomaly_map[1:], atol=BATCH_ATOL, rtol=0)
     stacked = inferer(x, tiny_unet)  # evaluator protocol: detect() without noise/timesteps
     assert stacked.shape == (2, 1, 32, 32)
 
@@ -422,7 +423,8 @@ def test_autocast_simple_inferer(tiny_unet):
     reference = SimpleInferer()(x, tiny_unet, timesteps=t)
     assert torch.equal(AutocastSimpleInferer("none")(x, tiny_unet, timesteps=t), reference)
     low = AutocastSimpleInferer("bfloat16")(x, tiny_unet, timesteps=t)
-    assert low.dtype == torch.float32 and torch.allclose(low, reference, atol=0.05)
+    assert low.dtype == torch.float32 and reference.abs().mean() > 0.1
+    assert (low - reference).abs().mean() < 0.05 * reference.abs().mean()
     with pytest.raises(ValueError, match="float8"):
         AutocastSimpleInferer("float8")
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_UNET, tiny_diffusion_unet
 from monai.bundle import run as bundle_run
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -30,8 +33,9 @@ from monai_diffad.evaluate import (
     select_items,
 )
 from monai_diffad.evaluate.__main__ import main
+from monai_diffad.evaluate.report import run_metadata, run_provenance
 from monai_diffad.metrics import ReconstructionMetric, best_dice
-from monai_diffad.networks import ddpm_scheduler, diffusion_unet
+from monai_diffad.networks import ddpm_scheduler
 
 torch.set_num_threads(1)
 
@@ -41,7 +45,7 @@ SIZE = 32
 CLASSES = np.array([3, 0, 2, 1, 3, 0, 2, 1])
 #: lesion square side per size class (any lesion for class != 0; the runner uses the given classes)
 SIDES = {1: 2, 2: 4, 3: 7}
-TINY_NET = {"channels": [8, 8], "attention_levels": [False, False], "num_head_channels": 8, "norm_num_groups": 4}
+TINY_NET = TINY_UNET
 
 
 def synthetic_arrays(seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,8 +72,7 @@ def synthetic_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def tiny_network(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return diffusion_unet(**TINY_NET).eval()
+    return tiny_diffusion_unet(seed)
 
 
 def write_bundle(bundles: Path, name: str, checkpoint: Path, inferer: dict, image_size: int = SIZE) -> Path:
@@ -212,6 +215,38 @@ def test_run_evaluation_writes_report_and_skips_unavailable(workspace):
     report = json.loads((workspace["out"] / "results.json").read_text(), parse_constant=refuse)
     assert report["metadata"]["data"]["items_per_stratum"] == {"none": 2, "small": 2, "medium": 1, "large": 1}
     assert report["methods"][0]["settings"]["checkpoint_sha256"]
+
+
+def test_report_records_provenance_floor_and_threshold_scope(workspace):
+    results = run_evaluation(
+        ["ddpm"], str(workspace["data"]), str(workspace["out"]), bundles_dir=str(workspace["bundles"]),
+        device="cpu", progress=False,
+    )
+    meta = json.loads((workspace["out"] / "results.json").read_text())["metadata"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    head = head.stdout.strip()
+    assert meta["git_commit"].removesuffix("-dirty") == head and "git_commit_at_end" not in meta
+    assert meta["argv"] == sys.argv and meta["cwd"] == os.getcwd() and meta["started"] <= meta["date"]
+    # a checkout that changed between start and report: the start is recorded, the end named beside it
+    dataset = load_evaluation_set(str(workspace["data"]))
+    started = {**run_provenance(), "git_commit": "0" * 40}
+    moved = run_metadata("cmd", 0, torch.device("cpu"), dataset, [0, 1], None, "bundles", provenance=started)
+    assert moved["git_commit"] == "0" * 40 and moved["git_commit_at_end"] == meta["git_commit"]
+
+    # the trivial floor is what the metric gives a map flagging every brain pixel, per stratum
+    brain, labels = dataset.brain_masks.astype(np.float32), dataset.labels
+    for stratum, classes in (("all", (0, 1, 2, 3)), ("small", (1,)), ("large", (3,))):
+        chosen = np.isin(dataset.size_class, classes)
+        all_brain = torch.as_tensor(brain[chosen])
+        dice, _ = best_dice(all_brain, torch.as_tensor(labels[chosen]), all_brain)
+        assert meta["trivial_floor"][stratum]["max_dice"] == pytest.approx(dice, abs=1e-9)
+    assert set(meta["thresholds"]) >= {"dice_all", "dice_small", "dice_small_at_global"}
+    assert meta["thresholds"]["dice_all"].startswith("global") and meta["thresholds"]["dice_large"].startswith("per")
+    metrics = results[0].metrics
+    for s in ("small", "medium", "large"):  # a stratum's own best threshold bounds its Dice at the global one
+        assert metrics[f"dice_{s}_at_global"] <= metrics[f"dice_{s}"] + 1e-12
+    text = (workspace["out"] / "results.md").read_text()
+    assert "| - | All brain (trivial) |" in text and "Table 3" in text and "when the run started" in text
 
 
 def test_benchmark_run_calibrates_the_bundle_it_ran(workspace, capsys):

@@ -13,7 +13,11 @@ import numpy as np
 import opensimplex
 import pytest
 import torch
+from conftest import phantom, tiny_diffusion_unet
 
+from monai_diffad import AnoDDPMInferer, THORInferer
+from monai_diffad.inferers import posterior_step, predict_original
+from monai_diffad.networks import ddpm_scheduler
 from monai_diffad.noise import NoiseType, gaussian_noise, make_noise, simplex_noise
 from monai_diffad.noise.simplex import radial_power_spectrum
 
@@ -290,3 +294,63 @@ def test_simplex_with_one_generator_per_image_matches_separate_draws():
         simplex_noise((3, 1, 8, 8), generator=streams()[:2])
     with pytest.raises(TypeError, match="one generator"):
         make_noise("gaussian", (3, 1, 8, 8), generator=streams())
+
+
+# ------------------------------------------------------------------------------------------- noise inside detection
+
+
+class _Recorder(torch.nn.Module):
+    """Passes every call to the network and keeps its inputs and outputs, to read back the noise a detector used."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x, timesteps, context=None):
+        out = self.net(x, timesteps=timesteps)
+        self.calls.append((x.clone(), int(timesteps[0]), out.clone()))
+        return out
+
+
+def _neighbour_correlation(fields: torch.Tensor) -> float:
+    """Correlation of horizontally neighbouring values: near 1 for smooth (Simplex) noise, near 0 for white noise."""
+    return float(torch.corrcoef(torch.stack([fields[..., :-1].flatten(), fields[..., 1:].flatten()]))[0, 1])
+
+
+def _noise_used(inferer, recorder: _Recorder, image: torch.Tensor) -> list[torch.Tensor]:
+    """The forward noise ε0 and each reverse step's noise, recovered from what the network was given."""
+    scheduler = inferer.scheduler
+    x0, first_t = inferer.to_model(image), recorder.calls[0][1]
+    a = scheduler.alphas_cumprod[first_t]
+    used = [(recorder.calls[0][0] - a.sqrt() * x0) / (1 - a).sqrt()]
+    for (x_t, t, out), (x_next, t_next, _) in zip(recorder.calls, recorder.calls[1:]):
+        x0_hat = predict_original(scheduler, out, t, x_t)
+        mean = posterior_step(scheduler, x0_hat, x_t, t, t_next, None)
+        sigma = posterior_step(scheduler, x0_hat, x_t, t, t_next, torch.ones_like(x_t)) - mean
+        used.append((x_next - mean) / sigma)
+    return used
+
+
+@pytest.mark.parametrize("method", ["anoddpm", "thor_simplex"])
+def test_simplex_noise_reaches_detection(method):
+    """AnoDDPM and THOR-Simplex noise the input (and, AnoDDPM, every reverse step) with Simplex noise, not Gaussian;
+    switching the noise type changes the map."""
+    def build(noise_type):
+        if method == "anoddpm":
+            return AnoDDPMInferer(ddpm_scheduler(), noise_type=noise_type, noise_level=200, step_stride=50)
+        return THORInferer(
+            ddpm_scheduler(), noise_type=noise_type, noise_level=200, harmonization_steps=(150, 50), step_stride=50,
+            perceptual="ssim",
+        )
+
+    image = phantom(32, batch=2)[0]
+    outputs, correlations = {}, {}
+    for noise_type in ("simplex", "gaussian"):
+        recorder = _Recorder(tiny_diffusion_unet())
+        outputs[noise_type] = build(noise_type).detect(image, recorder, generator=seeded(3))
+        used = _noise_used(build(noise_type), recorder, image)
+        # THOR re-noises after harmonizing, so only its forward noise is read back
+        correlations[noise_type] = [_neighbour_correlation(n) for n in (used if method == "anoddpm" else used[:1])]
+    assert build("simplex").noise_type == "simplex"
+    assert min(correlations["simplex"]) > 0.8 and max(abs(c) for c in correlations["gaussian"]) < 0.2
+    assert (outputs["simplex"].anomaly_map - outputs["gaussian"].anomaly_map).abs().mean() > 1e-3

@@ -7,8 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import TINY_ATTENTION_UNET, tiny_diffusion_unet
 
-from monai_diffad.networks import diffusion_unet, load_diffusion_unet, load_state_dict_safely
+from monai_diffad.networks import load_diffusion_unet, load_state_dict_safely
 from monai_diffad.quantization import (
     INT8_FORMAT,
     dequantize_state_dict,
@@ -18,13 +19,12 @@ from monai_diffad.quantization import (
     quantize_state_dict,
 )
 
-TINY = {"channels": [32, 32], "attention_levels": [False, True], "num_head_channels": 32}
+TINY = TINY_ATTENTION_UNET
 
 
 @pytest.fixture
 def state():
-    torch.manual_seed(0)
-    return diffusion_unet(**TINY).state_dict()
+    return tiny_diffusion_unet(**TINY).state_dict()
 
 
 def test_round_trip_error_within_half_a_step(state):
@@ -56,11 +56,13 @@ def test_int8_checkpoint_loads_into_the_network(state, tmp_path):
     torch.save(quantize_state_dict(state), path)
     assert os.path.getsize(path) < 0.4 * sum(v.numel() * v.element_size() for v in state.values())
     network = load_diffusion_unet(path, **TINY)
-    reference = diffusion_unet(**TINY)
-    reference.load_state_dict(state)
+    reference = tiny_diffusion_unet(**TINY)
     x, t = torch.rand(2, 1, 16, 16), torch.tensor([10, 500])
     with torch.no_grad():
-        assert torch.allclose(network(x, timesteps=t), reference.eval()(x, timesteps=t), atol=0.05)
+        expected, out = reference(x, timesteps=t), network(x, timesteps=t)
+    # weight-only int8 moves this random network's output by 2 % on average (measured 1.9 %); a wrong scale by far more
+    assert expected.abs().mean() > 0.1
+    assert (out - expected).abs().mean() < 0.1 * expected.abs().mean()
 
 
 @pytest.mark.parametrize(

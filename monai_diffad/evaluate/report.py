@@ -13,7 +13,9 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,16 @@ if TYPE_CHECKING:
     from monai_diffad.evaluate.dataset import EvaluationSet
     from monai_diffad.evaluate.runner import MethodResult
 
-__all__ = ["REPORT_FILES", "METRIC_COLUMNS", "run_metadata", "results_markdown", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "METRIC_COLUMNS",
+    "THRESHOLD_SCOPE",
+    "run_metadata",
+    "run_provenance",
+    "trivial_floor",
+    "results_markdown",
+    "write_report",
+]
 
 #: files :func:`write_report` writes
 REPORT_FILES = ("results.md", "results.csv", "results.json", "pr_curves.png", "examples.png")
@@ -38,7 +49,20 @@ REPORT_FILES = ("results.md", "results.csv", "results.json", "pr_curves.png", "e
 METRIC_COLUMNS = tuple(
     [f"{m}_{s}" for m in ("dice", "auprc", "auroc") for s in ("all", "small", "medium", "large")]
     + ["threshold_all", "flagged_fraction", "calibrated_threshold", "image_auroc", "ssim", "mse", "mae", "seconds_per_image"]
+    + [f"dice_{s}_at_global" for s in ("small", "medium", "large")]
 )
+#: how each max-Dice column picks its threshold (written to ``results.json`` as ``metadata.thresholds``)
+THRESHOLD_SCOPE = {
+    "dice_all": "global: the one threshold with the best Dice over all slices, chosen on the test labels",
+    **{
+        f"dice_{s}": f"per stratum: the best threshold for the {s}-lesion slices alone, chosen on their test labels"
+        for s in ("small", "medium", "large")
+    },
+    **{
+        f"dice_{s}_at_global": "global: the dice_all threshold, applied to this stratum"
+        for s in ("small", "medium", "large")
+    },
+}
 _STRATUM_HEADERS = {"all": "avg", "small": "small", "medium": "medium", "large": "large"}
 _SYNTHETIC_NOTE = (
     "Synthetic benchmark (Colin27 slices with painted stroke- and tumour-like lesions, `data.md` Recipe 2): its "
@@ -47,7 +71,11 @@ _SYNTHETIC_NOTE = (
 _METRICS_NOTE = (
     "Pixel metrics pool the brain-mask pixels of all slices of a stratum; *avg* pools every slice, lesion-free ones "
     "included, so their false positives count. max-Dice: best Dice over thresholds 0.00...1.00 (map >= t). AUPRC: "
-    "average precision. Strata by lesion pixel count at 128x128: small (3, 71], medium (71, 570], large (570, 10000]. "
+    "average precision. Thresholds: *avg* max-Dice uses one threshold for every slice; each stratum's max-Dice "
+    "(small, medium, large) uses its own best threshold, chosen on that stratum's test labels, so it is an upper "
+    "bound; Table 3 gives each stratum's Dice at the one *avg* threshold. *All brain (trivial)*: every brain pixel "
+    "flagged, the floor a map must beat (its AUPRC is the lesion share, its AUROC 50). "
+    "Strata by lesion pixel count at 128x128: small (3, 71], medium (71, 570], large (570, 10000]. "
     "SSIM/MSE/MAE: pseudo-healthy vs input on lesion-free slices. Image AUROC: image score, lesion vs lesion-free "
     "slices. Dice, AUPRC and AUROC in %; best value per column in bold."
 )
@@ -71,6 +99,38 @@ def _git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
+def run_provenance() -> dict[str, Any]:
+    """What ran, taken when a run starts (a checkout changed during a long run must not be recorded instead):
+    commit (``-dirty`` with uncommitted changes), start date, the exact ``sys.argv``, interpreter and directory."""
+    return {
+        "git_commit": _git_commit(),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "argv": list(sys.argv),
+        "executable": sys.executable,
+        "cwd": os.getcwd(),
+    }
+
+
+def trivial_floor(dataset: EvaluationSet, indices: Sequence[int]) -> dict[str, dict[str, float]]:
+    """The scores of a map flagging every brain pixel, per reported stratum: max-Dice 2L / (L + B) and AUPRC L / B
+    for L lesion and B brain pixels pooled over the stratum's slices (``nan`` without lesion pixels)."""
+    index = np.asarray(indices, dtype=np.int64)
+    classes = dataset.size_class[index]
+    brain = dataset.brain_masks[index] > 0
+    lesion = (dataset.labels[index] > 0) & brain
+    floors = {}
+    for name in ("all", "small", "medium", "large"):
+        chosen = np.ones(len(index), bool) if name == "all" else classes == SIZE_STRATA.index(name)
+        n_lesion, n_brain = float(lesion[chosen].sum()), float(brain[chosen].sum())
+        positive = n_lesion > 0
+        floors[name] = {
+            "max_dice": 2 * n_lesion / (n_lesion + n_brain) if positive else float("nan"),
+            "auprc": n_lesion / n_brain if positive else float("nan"),
+            "auroc": 0.5 if positive else float("nan"),
+        }
+    return floors
+
+
 def run_metadata(
     command: str,
     seed: int,
@@ -80,11 +140,15 @@ def run_metadata(
     limit: int | None,
     bundles_dir: str,
     processes: int = 1,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a reader needs to reproduce the run: command, seed, versions, commit, date, machine and data.
 
     ``processes`` is the number of ``torch.distributed`` ranks that shared the items (``machine.processes``).
+    ``provenance`` is :func:`run_provenance` taken when the run started (taken now when None); ``git_commit`` is the
+    commit then, and ``git_commit_at_end`` is added when the checkout changed before the report was written.
     """
+    provenance = run_provenance() if provenance is None else dict(provenance)
     classes = dataset.size_class[np.asarray(indices, dtype=np.int64)]
     machine = {
         "platform": platform.platform(),
@@ -96,12 +160,18 @@ def run_metadata(
     }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
+    at_end = _git_commit()
     return {
         "command": command,
+        "argv": provenance["argv"],
+        "executable": provenance["executable"],
+        "cwd": provenance["cwd"],
         "seed": int(seed),
         "limit": limit,
+        "started": provenance["started"],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "git_commit": _git_commit(),
+        "git_commit": provenance["git_commit"],
+        **({"git_commit_at_end": at_end} if at_end != provenance["git_commit"] else {}),
         "versions": {
             "monai_diffad": monai_diffad.__version__,
             "monai": monai.__version__,
@@ -110,6 +180,9 @@ def run_metadata(
         },
         "machine": machine,
         "bundles_dir": bundles_dir,
+        "bundles_dir_resolved": os.path.abspath(bundles_dir),
+        "thresholds": THRESHOLD_SCOPE,
+        "trivial_floor": trivial_floor(dataset, indices),
         "data": {
             "source": dataset.source,
             "items_used": len(indices),
@@ -209,10 +282,19 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         _metric_column("recon MAE", "mae", lambda v: _fmt(v, digits=4), bold=False),
         _metric_column("s / image", "seconds_per_image", lambda v: _fmt(v, digits=2), bold=False),
     ]
+    floors = metadata.get("trivial_floor", {})
+    global_columns = [("Method", lambda r: f"{r.label} ({_noise_label(r.noise)})", None)]
+    for s in ("small", "medium", "large"):
+        floor = _percent(floors.get(s, {}).get("max_dice", float("nan")))
+        global_columns += [
+            _metric_column(f"{s}: global threshold", f"dice_{s}_at_global", _percent),
+            _metric_column(f"{s}: own threshold", f"dice_{s}", _percent, bold=False),
+            (f"{s}: all brain", lambda r, floor=floor: floor, None),
+        ]
     data = metadata["data"]
     lines = ["# Anomaly detection results", "", _SYNTHETIC_NOTE, ""]
     lines += ["## Table 1: segmentation by lesion size", "", _METRICS_NOTE, ""]
-    lines += _markdown_table(ran, pixel) if ran else ["No method was evaluated."]
+    lines += _markdown_table(ran, pixel) + [_floor_row(metadata, len(pixel))] if ran else ["No method was evaluated."]
     lines += ["", "## Table 2: operating point, healthy slices, run time", ""]
     lines += _markdown_table(ran, operating) if ran else ["No method was evaluated."]
     lines += [
@@ -222,6 +304,13 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         f"*Threshold at {CALIBRATION_FPR:.0%} healthy FPR*: the label threshold a bundle stores (lowest one flagging "
         "at most that share of their brain pixels), measured on the lesion-free slices; "
         "`python -m monai_diffad.calibration --from-results` writes it.",
+        "",
+        "## Table 3: max-Dice per stratum at one global threshold",
+        "",
+        "The threshold of the *avg* max-Dice (Table 2's best threshold) applied to every stratum, next to each "
+        "stratum's own best (Table 1), and the all-brain floor.",
+        "",
+        *(_markdown_table(ran, global_columns) if ran else ["No method was evaluated."]),
         "",
         "![precision-recall curves](pr_curves.png)",
         "",
@@ -243,16 +332,33 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         metadata["command"],
         "```",
         "",
+        f"- as run: `{shlex.join(metadata['argv'])}` in `{metadata['cwd']}`" if "argv" in metadata else "",
+        f"- bundles: `{metadata['bundles_dir']}`" + (
+            f" (`{metadata['bundles_dir_resolved']}`)"
+            if metadata.get("bundles_dir_resolved", metadata["bundles_dir"]) != metadata["bundles_dir"]
+            else ""
+        ),
         f"- seed: {metadata['seed']}; limit: {metadata['limit']}",
         f"- data: `{_display_path(data['source'])}`, {data['items_used']} of {data['items_in_set']} slices "
         f"({data['image_shape'][0]}x{data['image_shape'][1]}; {strata})",
         f"- versions: {versions}",
-        f"- git commit: {metadata['git_commit']}",
-        f"- date: {metadata['date']}",
+        f"- git commit when the run started: {metadata['git_commit']}"
+        + (f" (at the end: {metadata['git_commit_at_end']})" if "git_commit_at_end" in metadata else ""),
+        f"- started: {metadata.get('started', 'not recorded')}; report written: {metadata['date']}",
         f"- machine: {machine}",
         "",
     ]
     return "\n".join(lines)
+
+
+def _floor_row(metadata: dict[str, Any], n_columns: int) -> str:
+    """Table 1's row of the all-brain map: max-Dice, AUPRC and AUROC per stratum (no reconstruction)."""
+    floors = metadata.get("trivial_floor", {})
+    cells = ["-", "All brain (trivial)"]
+    for metric in ("max_dice", "auprc", "auroc"):
+        cells += [_percent(floors.get(s, {}).get(metric, float("nan"))) for s in _STRATUM_HEADERS]
+    cells += ["n/a"] * (n_columns - len(cells))
+    return "| " + " | ".join(cells) + " |"
 
 
 def _write_csv(path: str, results: Sequence[MethodResult]) -> None:

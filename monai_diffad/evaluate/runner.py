@@ -6,7 +6,8 @@ stratum; the share of lesion-free brain pixels flagged at the best threshold; re
 lesion-free slices; image-level AUROC of the scores (lesion vs lesion-free). Maps are reduced to histograms batch by
 batch (``monai_diffad.metrics``), so memory does not grow with the set; only the maps of a few example slices are kept.
 Under ``torchrun`` (an initialized ``torch.distributed`` process group) the items are split over the ranks and the
-results are identical to a single process (see :mod:`monai_diffad.evaluate.distributed`).
+results equal a single process's: each image gets the same noise, and where a rank's batches hold other images than
+the single process's, maps differ by float rounding only (see :mod:`monai_diffad.evaluate.distributed`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from monai_diffad.evaluate.methods import (
     describe_inferer,
     method_config_file,
 )
-from monai_diffad.evaluate.report import run_metadata, write_report
+from monai_diffad.evaluate.report import run_metadata, run_provenance, write_report
 from monai_diffad.inferers import AnomalyOutput, DiffusionAnomalyInferer
 from monai_diffad.metrics import (
     AUPRCMetric,
@@ -152,9 +153,11 @@ class MethodMetrics:
 
         Returns:
             ``(metrics, curves)``. ``metrics`` maps ``dice_<s>``, ``threshold_<s>``, ``auprc_<s>``, ``auroc_<s>`` for
-            ``s`` in :data:`REPORTED_STRATA`, ``flagged_fraction`` (lesion-free brain pixels with map >= the best
-            "all" threshold), ``calibrated_threshold`` (lowest threshold flagging at most ``calibration_fpr`` of the
-            lesion-free brain pixels, :func:`~monai_diffad.calibration.healthy_fpr_threshold`), ``image_auroc``,
+            ``s`` in :data:`REPORTED_STRATA` (each stratum's max-Dice at its own best threshold),
+            ``dice_<s>_at_global`` (small, medium, large at ``threshold_all``), ``flagged_fraction`` (lesion-free
+            brain pixels with map >= the best "all" threshold), ``calibrated_threshold`` (lowest threshold flagging at
+            most ``calibration_fpr`` of the lesion-free brain pixels,
+            :func:`~monai_diffad.calibration.healthy_fpr_threshold`), ``image_auroc``,
             ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
             where undefined (e.g. a stratum without items). ``curves`` holds ``precision``, ``recall`` (pooled "all"
             pixels) and ``dice`` (101 thresholds) as float64 arrays.
@@ -168,6 +171,12 @@ class MethodMetrics:
                 metrics[f"dice_{s}"], metrics[f"threshold_{s}"] = dice[s]
                 metrics[f"auprc_{s}"], metrics[f"auroc_{s}"] = auprc[s], auroc[s]
             threshold = metrics["threshold_all"]
+            # each stratum at the one global threshold (its max-Dice above picks its own on its test labels)
+            for s in REPORTED_STRATA[1:]:
+                curve = self.dice.metrics[s].dice_curve()
+                metrics[f"dice_{s}_at_global"] = (
+                    float(curve[round(threshold * 100)]) if not math.isnan(threshold) else float("nan")
+                )
             none_dice = self.dice.metrics["none"]
             metrics["flagged_fraction"] = (
                 none_dice.flagged_fraction(threshold) if not math.isnan(threshold) else float("nan")
@@ -443,6 +452,7 @@ def run_evaluation(
         ValueError: distributed, with fewer items or lesion-free items than processes (see
             :func:`~monai_diffad.evaluate.distributed.deal_items`).
     """
+    provenance = run_provenance()  # the commit that runs, not whatever is checked out when the report is written
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dataset = load_evaluation_set(data)
     indices = select_items(dataset.size_class, limit)
@@ -470,6 +480,7 @@ def run_evaluation(
         limit=limit,
         bundles_dir=bundles_dir,
         processes=world_size,
+        provenance=provenance,
     )
     if rank == 0:
         write_report(output_dir, results, metadata, dataset, example_indices)

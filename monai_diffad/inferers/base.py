@@ -39,7 +39,8 @@ _MAX_SEED = 2**62
 
 
 class SeededNoise:
-    """Per-image noise streams, so a result does not depend on batch size or on how a volume is split into chunks.
+    """Per-image noise streams, so the noise an image gets does not depend on batch size or on how a volume is split
+    into chunks (results still differ by float rounding: batched network kernels round differently per batch size).
 
     Each image (or slice) owns a CPU ``torch.Generator`` seeded from an integer. Gaussian noise is drawn on the CPU and
     moved to the target device, so CPU and CUDA runs use identical noise. Simplex noise draws its hash tables from
@@ -404,8 +405,9 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             diffusion_model: the trained 2D network (eval mode is the caller's choice; gradients are off).
             mask: optional foreground mask ``(B, 1, *spatial)``; the map is zeroed outside it and the score
                 computed inside it.
-            generator: a CPU ``torch.Generator`` for reproducible results (bit-identical on CPU for a given seed,
-                whatever the batch size); the global RNG is used when None.
+            generator: a CPU ``torch.Generator`` for reproducible results: bit-identical on CPU for a given seed
+                and ``max_batch_size``; other batch sizes draw the same noise and agree to float rounding (batched
+                kernels round differently). The global RNG is used when None.
             progress: tqdm progress bar over the reverse steps; ``None`` uses the constructor's ``progress``.
             return_intermediates: also return per-method intermediate tensors (2D inputs only).
 
