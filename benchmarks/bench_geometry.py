@@ -24,45 +24,15 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from monai_diffad.data.scanner import centred_affine, paint_ellipsoid_lesion, scanner_grid, store_as_scanned
-from monai_diffad.data.slices import brain_centroid_xy, select_axial_slices
-from monai_diffad.data.sources import load_source_volume
+from monai_diffad.data.scanner import brain_centre_world, lesion_volume, scanner_grid, store_as_scanned
 from monai_diffad.metrics.dice import best_dice
 from monai_diffad.metrics.ranking import auprc
 
-#: lesions as (centre offset from the brain centroid in mm, radii in mm, kind); sizes span the benchmark's strata
-LESIONS = [
-    ((-35, 20, 0), (12, 10, 8), "tumour"),
-    ((30, -25, 4), (9, 7, 6), "stroke"),
-    ((-20, -45, -6), (6, 6, 5), "stroke"),
-    ((40, 30, -4), (5, 4, 4), "tumour"),
-    ((5, 50, 6), (4, 4, 3), "stroke"),
-]
-
-
-def lesion_volume(z_slices: int = 40) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Colin27 at 1 mm RAS with :data:`LESIONS`, cut to ``z_slices`` axial slices of the training range."""
-    source = load_source_volume("colin27")
-    image, brain = source["image"], source["mask"]
-    selected = select_axial_slices(brain)
-    mid = int(selected[len(selected) // 2])
-    z0 = mid - z_slices // 2
-    image, brain = image[..., z0 : z0 + z_slices], brain[..., z0 : z0 + z_slices]
-    cx, cy = brain_centroid_xy(brain)
-    label = np.zeros(brain.shape, dtype=bool)
-    for (dx, dy, dz), radii, kind in LESIONS:
-        image, lesion = paint_ellipsoid_lesion(image, brain, (cx + dx, cy + dy, z_slices // 2 + dz), radii, kind)
-        label |= lesion
-    return {"image": image, "brain_mask": brain, "label": label}, centred_affine(image.shape)
-
-
 def write_copies(folder: str) -> dict[str, str]:
     """Write the training-geometry and the scanner-geometry copies; returns ``{copy: folder}``."""
-    volumes, affine = lesion_volume()
+    volumes, affine = lesion_volume("colin27", z_slices=40)
     extent = np.asarray(volumes["image"].shape, dtype=float)
-    brain = volumes["brain_mask"]
-    cx, cy = brain_centroid_xy(brain)
-    centre_world = affine[:3, :3] @ np.array([cx, cy, (extent[2] - 1) / 2]) + affine[:3, 3]
+    centre_world = brain_centre_world(volumes["brain_mask"], affine)
     grids = {
         # what the training slices are: RAS, 1 mm, a 192 mm square centred on the brain
         "training": scanner_grid(extent, (1.0, 1.0, 1.0), "RAS", 192.0, (centre_world[0], centre_world[1], 0.0)),

@@ -35,153 +35,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from monai.metrics import CumulativeIterationMetric
-
-from monai_diffad.metrics.pooled import as_tensor, as_unit_maps
+from monai_diffad.metrics.healthy_fpr import (
+    CALIBRATION_FPR,
+    flagged_share_curve,
+    healthy_fpr_threshold,
+    threshold_at_fpr,
+)
 
 __all__ = [
-    "CALIBRATION_FPR",
-    "flagged_share_curve",
-    "threshold_at_fpr",
-    "healthy_fpr_threshold",
-    "HealthyFPRThresholdMetric",
     "calibrate_bundle",
     "calibrate_on_images",
     "threshold_from_results",
     "write_threshold",
 ]
-
-#: default tolerated share of healthy brain pixels above a label threshold
-CALIBRATION_FPR = 0.05
-
-
-def flagged_share_curve(
-    maps: torch.Tensor, masks: torch.Tensor | None = None, num_thresholds: int = 1000
-) -> torch.Tensor:
-    """Per image, the share of foreground pixels labelled (map ``>=`` threshold) at each threshold ``k / T``,
-    ``k = 0 ... T - 1``.
-
-    Args:
-        maps: ``(N, 1, *spatial)`` anomaly maps in [0, 1].
-        masks: optional foreground masks of the same shape (pixels outside are not counted).
-        num_thresholds: grid size ``T`` over [0, 1).
-
-    Returns:
-        ``(N, T)`` float64 shares in [0, 1], non-increasing along the thresholds.
-
-    Raises:
-        TypeError: ``maps`` or ``masks`` is not a tensor or array.
-        ValueError: ``num_thresholds`` out of range, maps empty, not finite or outside [0, 1] (a NaN would never
-            count as flagged), shapes differ, or a mask is empty or not finite.
-    """
-    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, int) or num_thresholds < 1:
-        raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}.")
-    maps = as_unit_maps(maps, "maps")
-    if maps.ndim < 2 or maps.numel() == 0:
-        raise ValueError(f"maps must be a non-empty (N, 1, *spatial) batch, got shape {tuple(maps.shape)}.")
-    flat = maps.flatten(1).float().cpu()
-    if masks is None:
-        valid = torch.ones_like(flat, dtype=torch.bool)
-    else:
-        masks = as_tensor(masks, "masks")
-        if masks.shape != maps.shape:
-            raise ValueError(f"masks {tuple(masks.shape)} must match maps {tuple(maps.shape)}.")
-        if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
-            raise ValueError("masks contain NaN or infinite values.")
-        valid = masks.cpu().flatten(1) > 0
-    counts = valid.sum(1)
-    if (counts == 0).any():
-        raise ValueError("a foreground mask is empty; cannot measure its false-positive rate.")
-    grid = threshold_grid(num_thresholds).float()
-    # a pixel is labelled at the grid points at or below it (the labels' ">="): one histogram per image, not T passes
-    above_from = torch.searchsorted(grid, flat, right=True)
-    shares = torch.empty(flat.shape[0], num_thresholds, dtype=torch.float64)
-    for i in range(flat.shape[0]):
-        hist = torch.bincount(above_from[i][valid[i]], minlength=num_thresholds + 1).double()
-        # pixels labelled at threshold k: those with more than k grid points at or below them
-        shares[i] = hist.flip(0).cumsum(0).flip(0)[1:] / counts[i]
-    return shares
-
-
-def threshold_grid(num_thresholds: int = 1000) -> torch.Tensor:
-    """The candidate thresholds ``k / num_thresholds``, ``k = 0 ... num_thresholds - 1``, as float64."""
-    return torch.arange(num_thresholds, dtype=torch.float64) / num_thresholds
-
-
-def threshold_at_fpr(shares: torch.Tensor, fpr: float = 0.05) -> float:
-    """Lowest grid threshold whose mean share over images is ≤ ``fpr`` (the last one when none is).
-
-    Args:
-        shares: ``(N, T)`` output of :func:`flagged_share_curve`.
-        fpr: tolerated share of healthy pixels flagged, in (0, 1).
-
-    Raises:
-        ValueError: ``fpr`` out of range or ``shares`` not a non-empty ``(N, T)`` tensor.
-    """
-    if not 0.0 < fpr < 1.0:
-        raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-    if shares.ndim != 2 or shares.numel() == 0:
-        raise ValueError(f"shares must be a non-empty (N, T) tensor, got shape {tuple(shares.shape)}.")
-    grid = threshold_grid(shares.shape[1])
-    meeting = torch.nonzero(shares.double().mean(0) <= fpr)
-    return float(grid[meeting[0, 0]] if len(meeting) else grid[-1])
-
-
-def healthy_fpr_threshold(
-    maps: torch.Tensor, masks: torch.Tensor | None = None, fpr: float = 0.05, num_thresholds: int = 1000
-) -> float:
-    """Lowest threshold in ``{k / num_thresholds}`` whose mean per-image share of foreground pixels ``>=`` it is ≤ ``fpr``.
-
-    Args:
-        maps: ``(N, 1, *spatial)`` anomaly maps of healthy images, in [0, 1].
-        masks: optional foreground masks of the same shape (pixels outside are not counted).
-        fpr: tolerated share of healthy pixels flagged, in (0, 1).
-        num_thresholds: grid size over [0, 1).
-
-    Returns:
-        The threshold.
-
-    Raises:
-        TypeError: ``maps`` or ``masks`` is not a tensor or array.
-        ValueError: ``fpr`` or ``num_thresholds`` out of range, maps empty, not finite or outside [0, 1] (a NaN would
-            never count as flagged), shapes differ, or a mask is empty or not finite.
-    """
-    if not 0.0 < fpr < 1.0:
-        raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-    return threshold_at_fpr(flagged_share_curve(maps, masks, num_thresholds), fpr)
-
-
-class HealthyFPRThresholdMetric(CumulativeIterationMetric):
-    """:func:`healthy_fpr_threshold` accumulated batch by batch, e.g. over the lesion-free slices of a benchmark.
-
-    Call it per batch as ``metric(y_pred=maps, y=masks)`` with ``(B, 1, *spatial)`` maps in [0, 1] and foreground
-    masks of the same shape; ``get_buffer()`` holds one row of :func:`flagged_share_curve` per image (gathered
-    from every rank in a distributed run) and ``aggregate()`` returns the threshold.
-
-    Args:
-        fpr: tolerated share of healthy pixels flagged, in (0, 1).
-        num_thresholds: grid size over [0, 1).
-    """
-
-    def __init__(self, fpr: float = CALIBRATION_FPR, num_thresholds: int = 1000) -> None:
-        super().__init__()
-        if not 0.0 < fpr < 1.0:
-            raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
-        self.fpr = fpr
-        self.num_thresholds = num_thresholds
-
-    def _compute_tensor(  # type: ignore[override]
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return flagged_share_curve(y_pred, y, self.num_thresholds)
-
-    def aggregate(self) -> float:  # type: ignore[override]
-        """The threshold over every image so far; ``nan`` before any."""
-        buffer = self.get_buffer()
-        if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
-            return float("nan")
-        return threshold_at_fpr(buffer, self.fpr)
-
 
 def calibrate_bundle(
     bundle: str,
@@ -212,7 +78,8 @@ def calibrate_bundle(
     Returns:
         ``{"threshold", "fpr", "num_images", "data", "bundle"}``.
     """
-    from monai_diffad.evaluate import build_method, load_evaluation_set
+    from monai_diffad.evaluate import load_evaluation_set
+    from monai_diffad.methods import build_method
 
     method = build_method(bundle, bundles_dir, overrides=overrides or {}, device=device, overlays=overlays)
     dataset = load_evaluation_set(data)
@@ -277,7 +144,7 @@ def calibrate_on_images(
     from monai.data import decollate_batch, list_data_collate
 
     from monai_diffad.bundles import image_datalist
-    from monai_diffad.evaluate import build_method
+    from monai_diffad.methods import build_method
 
     items = image_datalist(dataset_dir, datalist, split=split)[: limit or None]
     overrides = {**(overrides or {}), "save_outputs": False}
@@ -324,7 +191,7 @@ def threshold_from_results(results_file: str, method: str, bundles_dir: str = "b
         ValueError: the file is not a benchmark report, the method is missing, did not run or has no calibrated
             threshold (a report from before it was recorded), or it ran with other weights than the bundle holds.
     """
-    from monai_diffad.evaluate import build_method
+    from monai_diffad.methods import build_method
 
     try:
         with open(results_file) as f:
@@ -409,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--split", default="validation", help="datalist list to use with --dataset_dir/--datalist")
     parser.add_argument("--checkpoint", default=None, help="weights to calibrate (default: the bundle's)")
+    parser.add_argument(
+        "--step_stride", type=int, default=None,
+        help="the bundle's step_stride (every k-th reverse step: k times faster, a coarser map); calibrate with the "
+        "stride you detect with",
+    )
     parser.add_argument("--fpr", type=float, default=CALIBRATION_FPR)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -431,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not np.isclose(result["fpr"], args.fpr):
             parser.error(f"the run calibrated at fpr {result['fpr']}, not {args.fpr}.")
     elif args.data:
-        overrides = {"checkpoint": os.path.abspath(args.checkpoint)} if args.checkpoint else None
+        overrides = {"checkpoint": os.path.abspath(args.checkpoint)} if args.checkpoint else {}
+        if args.step_stride is not None:
+            overrides["step_stride"] = args.step_stride
         result = calibrate_bundle(
             args.bundle, args.data, args.fpr, args.limit, args.seed, device=args.device, overrides=overrides,
             bundles_dir=args.bundles_dir, overlays=args.overlay,
@@ -442,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = calibrate_on_images(
                 args.bundle, dataset_dir, args.datalist, args.split, args.fpr, args.checkpoint, args.limit, args.seed,
                 device=args.device, bundles_dir=args.bundles_dir, overlays=args.overlay,
+                overrides=None if args.step_stride is None else {"step_stride": args.step_stride},
             )
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             cause = e if isinstance(e, FileNotFoundError) else _root_value_error(e)
@@ -450,14 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(cause))
     print(json.dumps(result, indent=2))
     if args.write:
-        from monai_diffad.evaluate.methods import METHOD_VARIANTS
+        from monai_diffad.methods import method_spec
 
-        # a variant (thor_simplex) keeps its threshold in its base bundle, under threshold_<noise type>
-        base, variant = METHOD_VARIANTS.get(args.bundle, (args.bundle, {}))
-        key = f"threshold_{variant['noise_type']}" if "noise_type" in variant else "threshold"
-        write_threshold(os.path.join(args.bundles_dir, base), result, key)
+        # a variant (thor_simplex) keeps its threshold in its base bundle, under its own key
+        spec = method_spec(args.bundle)
+        key = spec.threshold_key
+        write_threshold(os.path.join(args.bundles_dir, spec.bundle), result, key)
         print(
-            f"{key} = {result['threshold']:.4f} written to {os.path.join(args.bundles_dir, base)}/inference.json (the "
+            f"{key} = {result['threshold']:.4f} written to {os.path.join(args.bundles_dir, spec.bundle)}/inference.json (the "
             f"bundle labels with it from now on) and metadata.json ({key}_calibration records how it was measured)."
         )
     return 0

@@ -192,7 +192,7 @@ def test_paper_overlay_builds_the_network_train_paper_trains(name, monkeypatch):
 def test_paper_overlay_applies_where_it_fits(monkeypatch):
     """build_method with the overlay: the DDPM bundles ask for the (unshipped) paper weights; DISYRE is untouched."""
     monkeypatch.chdir(ROOT)
-    from monai_diffad.evaluate import MethodUnavailable, build_method
+    from monai_diffad.methods import MethodUnavailable, build_method
 
     if not os.path.isfile(os.path.join(ROOT, "bundles", "ddpm", "models", "model_paper.pt")):
         with pytest.raises(MethodUnavailable, match="model_paper.pt"):

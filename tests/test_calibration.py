@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_diffad.calibration import healthy_fpr_threshold, write_threshold
+from monai_diffad.calibration import write_threshold
+from monai_diffad.metrics import healthy_fpr_threshold
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +91,7 @@ def test_thor_bundle_uses_the_threshold_of_its_noise_type():
 
 
 def test_flagged_share_curve_matches_a_threshold_by_threshold_count():
-    from monai_diffad.calibration import flagged_share_curve
+    from monai_diffad.metrics import flagged_share_curve
 
     rng = np.random.default_rng(3)
     maps = rng.random((3, 1, 8, 8)).astype(np.float32)
@@ -104,7 +105,7 @@ def test_flagged_share_curve_matches_a_threshold_by_threshold_count():
 
 
 def test_threshold_metric_accumulates_batches_like_one_call():
-    from monai_diffad.calibration import HealthyFPRThresholdMetric
+    from monai_diffad.metrics import HealthyFPRThresholdMetric
 
     rng = np.random.default_rng(4)
     maps = torch.from_numpy(rng.random((7, 1, 6, 6)).astype(np.float32) ** 3)

@@ -19,22 +19,22 @@ from monai.bundle import run as bundle_run
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from monai_diffad import DDPMAnomalyInferer
-from monai_diffad.calibration import healthy_fpr_threshold, threshold_from_results
 from monai_diffad.calibration import main as calibration_main
+from monai_diffad.calibration import threshold_from_results
 from monai_diffad.evaluate import (
     METRIC_COLUMNS,
     REPORT_FILES,
     EvaluationSet,
     evaluate_method,
     load_evaluation_set,
-    parse_overrides,
     resolve_data_path,
     run_evaluation,
     select_items,
 )
 from monai_diffad.evaluate.__main__ import main
 from monai_diffad.evaluate.report import run_metadata, run_provenance
-from monai_diffad.metrics import ReconstructionMetric, best_dice
+from monai_diffad.methods import MethodSpec, parse_overrides, register_method, unregister_method
+from monai_diffad.metrics import ReconstructionMetric, best_dice, healthy_fpr_threshold
 from monai_diffad.networks import ddpm_scheduler
 
 torch.set_num_threads(1)
@@ -94,8 +94,9 @@ def write_bundle(bundles: Path, name: str, checkpoint: Path, inferer: dict, imag
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> dict[str, Path]:
-    """Tiny set as npz, a checkpoint, and bundles: ddpm (runs), thor (weights missing), wrong_size (64 expected)."""
+def workspace(tmp_path: Path):
+    """Tiny set as npz, a checkpoint, and bundles: ddpm (runs), thor (weights missing), wrong_size (64 expected, a
+    method registered as a plugin would register it)."""
     data = tmp_path / "data"
     data.mkdir()
     np.savez(data / f"dev_{SIZE}.npz", **synthetic_arrays())
@@ -107,7 +108,9 @@ def workspace(tmp_path: Path) -> dict[str, Path]:
     write_bundle(bundles, "wrong_size", checkpoint, ddpm, image_size=64)
     thor = {"_target_": "monai_diffad.THORInferer", "noise_level": 4, "harmonization_steps": [2], "record_interval": 1}
     write_bundle(bundles, "thor", tmp_path / "missing.pt", thor)
-    return {"data": data / f"dev_{SIZE}.npz", "bundles": bundles, "out": tmp_path / "report"}
+    register_method(MethodSpec("wrong_size", "Wrong size", "wrong_size", "a DDPM bundle for 64x64 images"))
+    yield {"data": data / f"dev_{SIZE}.npz", "bundles": bundles, "out": tmp_path / "report"}
+    unregister_method("wrong_size")
 
 
 def test_select_items_takes_strata_in_turn():

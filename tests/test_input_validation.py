@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_diffad.calibration import healthy_fpr_threshold
+from monai_diffad.metrics import healthy_fpr_threshold
 from monai_diffad.inferers import AnoDDPMInferer, AutoDDPMInferer, DDPMAnomalyInferer, THORInferer
 from monai_diffad.maps import (
     PerceptualDistance,

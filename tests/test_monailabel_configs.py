@@ -14,9 +14,8 @@ pytest.importorskip("monailabel")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "monailabel_app"))
 
-from lib.configs.anoddpm import AnoDDPMConfig  # noqa: E402
-from lib.configs.thor import THORConfig  # noqa: E402
-from lib.configs.thor_simplex import THORSimplexConfig  # noqa: E402
+
+from lib.configs import TASK_CONFIGS  # noqa: E402
 
 from monai_diffad import THORInferer  # noqa: E402
 from monai_diffad.networks import ddpm_scheduler  # noqa: E402
@@ -34,16 +33,16 @@ def _threshold(config, noise_type):
 
 
 def test_simplex_variants_use_the_simplex_weights():
-    assert _config(THORConfig).checkpoint.endswith(os.path.join("models", "model.pt"))
-    assert _config(THORSimplexConfig).checkpoint.endswith("model_simplex.pt")
-    assert _config(AnoDDPMConfig).checkpoint.endswith("model_simplex.pt")
+    assert _config(TASK_CONFIGS["thor"]).checkpoint.endswith(os.path.join("models", "model.pt"))
+    assert _config(TASK_CONFIGS["thor_simplex"]).checkpoint.endswith("model_simplex.pt")
+    assert _config(TASK_CONFIGS["anoddpm"]).checkpoint.endswith("model_simplex.pt")
 
 
 def test_thor_simplex_reads_only_its_own_threshold_from_the_thor_bundle():
     with open(os.path.join(REPO, "bundles", "thor", "inference.json")) as f:
         bundle = json.load(f)
-    threshold, source, options = _threshold(_config(THORSimplexConfig), "simplex")
+    threshold, source, options = _threshold(_config(TASK_CONFIGS["thor_simplex"]), "simplex")
     assert threshold == pytest.approx(bundle["threshold_simplex"]) and source.endswith("inference.json")
     # the Gaussian variant's noise level must not leak into the Simplex variant (L = 250 by default)
     assert next(o.default for o in options if o.name == "noise_level") == 250
-    assert _threshold(_config(THORConfig), "gaussian")[0] == pytest.approx(bundle["threshold"])
+    assert _threshold(_config(TASK_CONFIGS["thor"]), "gaussian")[0] == pytest.approx(bundle["threshold"])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from monai_diffad.calibration import healthy_fpr_threshold
+from monai_diffad.metrics import healthy_fpr_threshold
 from monai_diffad.maps import (
     gaussian_smooth,
     grey_closing,

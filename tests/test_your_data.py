@@ -153,7 +153,7 @@ def test_same_anatomy_in_two_geometries_gives_nearly_the_same_map(cohort, tmp_pa
         paths[name] = {"image": str(tmp_path / name / "scan.nii.gz")}
         _store({"image": volumes["image"]}, affine, geometry, paths[name])
     pre, post = inference_transforms("disyre", save_outputs=False)
-    from monai_diffad.evaluate import build_method
+    from monai_diffad.methods import build_method
 
     method = build_method("disyre", os.path.join(ROOT, "bundles"), device="cpu")
     maps, brains = {}, {}

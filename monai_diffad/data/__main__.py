@@ -4,7 +4,9 @@
 ``train`` caches the healthy training slices (``train_slices_R.npz``); ``dev`` writes the synthetic development set
 (NIfTI + ``datalist_R.json`` + ``dev_128.npz``/``dev_64.npz``); ``demo`` writes the small demo assets into ``--out``
 (``--out demo_data`` for the shipped ones); ``all`` builds train and dev into ``--out`` and the demo into
-``--out/demo``. Everything is read from installed packages; nothing is downloaded.
+``--out/demo``; ``scans`` writes a small cohort stored as scanners store scans (``healthy/``, ``patients/``,
+``labels/``; see ``docs/your_data.md``) to rehearse training, calibration and detection on. Everything is read from
+installed packages; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from monai_diffad.data.build import SUPPORTED_RESOLUTIONS, build_demo_data, build_dev_set, build_training_set
+from monai_diffad.data.scanner import build_scan_folders
 
-WHAT = ("train", "dev", "demo", "all")
+WHAT = ("train", "dev", "demo", "all", "scans")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(build_dev_set(args.out, args.resolution, args.seed))
     if args.what in ("demo", "all"):
         print(build_demo_data(args.out if args.what == "demo" else os.path.join(args.out, "demo"), args.seed))
+    if args.what == "scans":
+        for folder in build_scan_folders(args.out).values():
+            print(folder)
     return 0
 
 

@@ -18,7 +18,39 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
-__all__ = ["centred_affine", "scanner_grid", "store_as_scanned", "paint_ellipsoid_lesion"]
+from monai_diffad.data.slices import brain_centroid_xy, select_axial_slices
+from monai_diffad.data.sources import TRAIN_SOURCES, load_source_volume
+
+#: how each packaged anatomy is stored by :func:`build_scan_folders`: (spacing, orientation, field of view, offset of
+#: the grid's centre from the brain's in mm); the head is never centred and the orientations differ, as in a cohort
+SCANNER_GEOMETRIES: dict[str, tuple[tuple[float, float, float], str, float, tuple[float, float, float]]] = {
+    "mni152": ((1.0, 1.0, 1.2), "LPS", 256.0, (18.0, -12.0, 0.0)),
+    "robex": ((0.9, 0.9, 3.0), "LAS", 240.0, (-10.0, 15.0, 0.0)),
+    "deepmriprep": ((1.2, 1.2, 1.2), "RAS", 230.0, (8.0, 20.0, 0.0)),
+    "colin27": ((0.9, 0.9, 1.0), "LPS", 256.0, (25.0, -18.0, 0.0)),
+    "colin27_healthy": ((1.0, 1.0, 1.0), "RAS", 220.0, (-6.0, 10.0, 0.0)),
+}
+#: lesions painted by :func:`lesion_volume`: (centre offset from the brain centroid in mm, radii in mm, kind); sizes
+#: span the benchmark's strata
+LESIONS = [
+    ((-35, 20, 0), (12, 10, 8), "tumour"),
+    ((30, -25, 4), (9, 7, 6), "stroke"),
+    ((-20, -45, -6), (6, 6, 5), "stroke"),
+    ((40, 30, -4), (5, 4, 4), "tumour"),
+    ((5, 50, 6), (4, 4, 3), "stroke"),
+]
+
+__all__ = [
+    "LESIONS",
+    "SCANNER_GEOMETRIES",
+    "build_scan_folders",
+    "brain_centre_world",
+    "centred_affine",
+    "lesion_volume",
+    "paint_ellipsoid_lesion",
+    "scanner_grid",
+    "store_as_scanned",
+]
 
 
 def centred_affine(shape: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
@@ -132,3 +164,83 @@ def paint_ellipsoid_lesion(
     else:
         raise ValueError(f"kind must be 'stroke' or 'tumour', got {kind!r}.")
     return out, lesion
+
+
+def lesion_volume(name: str = "colin27", z_slices: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A packaged anatomy at 1 mm RAS with the :data:`LESIONS` painted around the middle of its axial range.
+
+    Args:
+        name: a source of :mod:`monai_diffad.data.sources` (Colin27, never trained on, by default).
+        z_slices: keep only this many 1 mm axial slices around the lesions (``None``: the whole volume).
+
+    Returns:
+        ``({"image", "brain_mask", "label"}, affine)``: ``(X, Y, Z)`` arrays and their centred RAS affine.
+    """
+    source = load_source_volume(name)
+    image, brain = source["image"], source["mask"]
+    selected = select_axial_slices(brain)
+    mid = int(selected[len(selected) // 2])
+    if z_slices is not None:
+        z0 = mid - z_slices // 2
+        image, brain, mid = image[..., z0 : z0 + z_slices], brain[..., z0 : z0 + z_slices], z_slices // 2
+    cx, cy = brain_centroid_xy(brain)
+    label = np.zeros(brain.shape, dtype=bool)
+    for (dx, dy, dz), radii, kind in LESIONS:
+        image, lesion = paint_ellipsoid_lesion(image, brain, (cx + dx, cy + dy, mid + dz), radii, kind)
+        label |= lesion
+    return {"image": image, "brain_mask": brain, "label": label}, centred_affine(image.shape)
+
+
+def brain_centre_world(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World position of the brain mask's in-plane centroid, at the volume's middle slice."""
+    cx, cy = brain_centroid_xy(brain)
+    return affine[:3, :3] @ np.array([cx, cy, (brain.shape[2] - 1) / 2]) + affine[:3, 3]
+
+
+def build_scan_folders(out: str, healthy: tuple[str, ...] = TRAIN_SOURCES) -> dict[str, str]:
+    """A small cohort to rehearse the "your own data" workflow on, stored as scanners store scans.
+
+    Writes ``<out>/healthy/<name>.nii.gz`` for the healthy anatomies (the training ones: a model trained on them is
+    not tested on them), with a ``<name>_brain_mask.nii.gz`` beside the last one only (the others get the contract's
+    foreground mask); ``<out>/healthy_val/colin27.nii.gz``, Colin27 without lesions, to calibrate on; and
+    ``<out>/patients/colin27.nii.gz`` (with its brain mask beside it) with lesions, whose masks go to
+    ``<out>/labels/colin27.nii.gz``. Geometries: :data:`SCANNER_GEOMETRIES`. With four anatomies in all, the healthy
+    calibration scan is the patient's own brain: an optimistic rehearsal, where a real cohort would use other
+    subjects.
+
+    Returns:
+        ``{"healthy": folder, "healthy_val": folder, "patients": folder, "labels": folder}``.
+    """
+    folders = {k: os.path.join(out, k) for k in ("healthy", "healthy_val", "patients", "labels")}
+    for i, name in enumerate(healthy):
+        source = load_source_volume(name)
+        affine = centred_affine(source["image"].shape)
+        volumes = {"image": source["image"]}
+        paths = {"image": os.path.join(folders["healthy"], f"{name}.nii.gz")}
+        if i == len(healthy) - 1:
+            volumes["brain_mask"] = source["mask"]
+            paths["brain_mask"] = os.path.join(folders["healthy"], f"{name}_brain_mask.nii.gz")
+        _store_in_scanner_geometry(name, volumes, affine, paths)
+    source = load_source_volume("colin27")
+    _store_in_scanner_geometry(
+        "colin27_healthy", {"image": source["image"]}, centred_affine(source["image"].shape),
+        {"image": os.path.join(folders["healthy_val"], "colin27.nii.gz")},
+    )
+    volumes, affine = lesion_volume("colin27")
+    paths = {
+        "image": os.path.join(folders["patients"], "colin27.nii.gz"),
+        "brain_mask": os.path.join(folders["patients"], "colin27_brain_mask.nii.gz"),
+        "label": os.path.join(folders["labels"], "colin27.nii.gz"),
+    }
+    _store_in_scanner_geometry("colin27", volumes, affine, paths)
+    return folders
+
+
+def _store_in_scanner_geometry(
+    name: str, volumes: dict[str, np.ndarray], affine: np.ndarray, paths: dict[str, str]
+) -> None:
+    spacing, axcodes, fov, offset = SCANNER_GEOMETRIES[name]
+    centre = brain_centre_world(volumes.get("brain_mask", volumes["image"] > 0), affine)
+    extent = np.asarray(volumes["image"].shape, dtype=float)
+    grid = scanner_grid(extent, spacing, axcodes, fov, (centre[0] + offset[0], centre[1] + offset[1], 0.0))
+    store_as_scanned(volumes, affine, paths, *grid)

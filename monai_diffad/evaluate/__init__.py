@@ -1,7 +1,7 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Benchmark evaluation: run methods from their bundles on a labelled set and write a paper-style report.
 
-Command line: ``python -m monai_diffad.evaluate --methods thor,ddpm --data data_cache/dev_64.npz --out docs/results``;
+Methods come from the registry of :mod:`monai_diffad.methods`. Command line: ``python -m monai_diffad.evaluate --methods thor,ddpm --data data_cache/dev_64.npz --out docs/results``;
 bundles: ``python -m monai.bundle run --config_file bundles/thor/evaluate.json``.
 """
 
@@ -14,18 +14,13 @@ from monai_diffad.evaluate.dataset import (
     resolve_data_path,
     select_items,
 )
-from monai_diffad.evaluate.methods import (
-    DEFAULT_METHODS,
-    METHOD_LABELS,
-    METHOD_VARIANTS,
-    BuiltMethod,
-    MethodUnavailable,
-    build_method,
-    describe_inferer,
-    method_config_file,
-    parse_overrides,
+from monai_diffad.evaluate.report import (
+    METRIC_COLUMNS,
+    REPORT_FILES,
+    results_markdown,
+    run_metadata,
+    write_report,
 )
-from monai_diffad.evaluate.report import METRIC_COLUMNS, REPORT_FILES, results_markdown, run_metadata, write_report
 from monai_diffad.evaluate.runner import (
     REPORTED_STRATA,
     STATUSES,
@@ -38,26 +33,17 @@ from monai_diffad.evaluate.runner import (
 )
 
 __all__ = [
-    "BuiltMethod",
-    "DEFAULT_METHODS",
     "EvaluationSet",
     "LABELLED_SPLITS",
-    "METHOD_LABELS",
-    "METHOD_VARIANTS",
     "METRIC_COLUMNS",
     "MethodMetrics",
     "MethodResult",
-    "MethodUnavailable",
     "REPORTED_STRATA",
     "REPORT_FILES",
     "STATUSES",
-    "build_method",
-    "describe_inferer",
     "evaluate_bundle_method",
     "evaluate_method",
     "load_evaluation_set",
-    "method_config_file",
-    "parse_overrides",
     "resolve_data_path",
     "results_markdown",
     "run_bundle_evaluation",

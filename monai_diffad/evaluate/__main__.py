@@ -20,15 +20,15 @@ from collections.abc import Sequence
 
 from monai_diffad.evaluate.dataset import resolve_data_path
 from monai_diffad.evaluate.distributed import process_group_from_environment
-from monai_diffad.evaluate.methods import DEFAULT_METHODS, parse_overrides
 from monai_diffad.evaluate.runner import run_evaluation
+from monai_diffad.methods import get_available_methods, parse_overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the evaluation and return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m monai_diffad.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods, in table order")
+    parser.add_argument("--methods", default=",".join(get_available_methods()), help="comma-separated methods, in table order")
     parser.add_argument(
         "--data", required=True, help="labelled set: .npz export or .json datalist (or a folder with datalist.json)"
     )

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import monai_diffad
-from monai_diffad.calibration import CALIBRATION_FPR
 from monai_diffad.metrics import SIZE_STRATA
+from monai_diffad.metrics.healthy_fpr import CALIBRATION_FPR
 
 if TYPE_CHECKING:
     from monai_diffad.evaluate.dataset import EvaluationSet

@@ -31,8 +31,12 @@ from monai.bundle import ConfigParser
 from monai.utils import look_up_option
 from tqdm.auto import tqdm
 
-from monai_diffad.calibration import CALIBRATION_FPR, HealthyFPRThresholdMetric
-from monai_diffad.evaluate.dataset import EvaluationSet, load_evaluation_set, resolve_data_path, select_items
+from monai_diffad.evaluate.dataset import (
+    EvaluationSet,
+    load_evaluation_set,
+    resolve_data_path,
+    select_items,
+)
 from monai_diffad.evaluate.distributed import (
     all_gather_objects,
     barrier,
@@ -40,15 +44,15 @@ from monai_diffad.evaluate.distributed import (
     process_rank,
     raise_if_any_rank_failed,
 )
-from monai_diffad.evaluate.methods import (
-    METHOD_LABELS,
+from monai_diffad.evaluate.report import run_metadata, run_provenance, write_report
+from monai_diffad.inferers import AnomalyOutput, DiffusionAnomalyInferer
+from monai_diffad.methods import (
     MethodUnavailable,
     build_method,
     describe_inferer,
     method_config_file,
+    method_label,
 )
-from monai_diffad.evaluate.report import run_metadata, run_provenance, write_report
-from monai_diffad.inferers import AnomalyOutput, DiffusionAnomalyInferer
 from monai_diffad.metrics import (
     AUPRCMetric,
     AUROCMetric,
@@ -58,6 +62,7 @@ from monai_diffad.metrics import (
     ReconstructionMetric,
     StratifiedMetric,
 )
+from monai_diffad.metrics.healthy_fpr import CALIBRATION_FPR, HealthyFPRThresholdMetric
 
 __all__ = [
     "REPORTED_STRATA",
@@ -157,7 +162,7 @@ class MethodMetrics:
             ``dice_<s>_at_global`` (small, medium, large at ``threshold_all``), ``flagged_fraction`` (lesion-free
             brain pixels with map >= the best "all" threshold), ``calibrated_threshold`` (lowest threshold flagging at
             most ``calibration_fpr`` of the lesion-free brain pixels,
-            :func:`~monai_diffad.calibration.healthy_fpr_threshold`), ``image_auroc``,
+            :func:`~monai_diffad.metrics.healthy_fpr_threshold`), ``image_auroc``,
             ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
             where undefined (e.g. a stratum without items). ``curves`` holds ``precision``, ``recall`` (pooled "all"
             pixels) and ``dice`` (101 thresholds) as float64 arrays.
@@ -222,7 +227,7 @@ class MethodResult:
 
     def __post_init__(self) -> None:
         self.status = look_up_option(self.status, STATUSES)
-        self.label = self.label or METHOD_LABELS.get(self.name, self.name)
+        self.label = self.label or method_label(self.name)
 
 
 def _invocation() -> str:
@@ -347,7 +352,7 @@ def evaluate_method(
     parts = all_gather_objects((examples, seconds, len(indices)))
     examples = {index: amap for part, _, _ in parts for index, amap in part.items()}
     values["seconds_per_image"] = max(t for _, t, _ in parts) / max(sum(n for _, _, n in parts), 1)
-    settings = describe_inferer(inferer)
+    settings = describe_inferer(inferer, name)
     return MethodResult(
         name=name, status="ok", noise=settings["noise"], metrics=values, curves=curves, examples=examples,
         settings=settings,
@@ -369,7 +374,7 @@ def evaluate_bundle_method(
     """Build method ``name`` from its bundle and run :func:`evaluate_method`; never raises for one method's problem.
 
     Args:
-        name: method name (see :func:`~monai_diffad.evaluate.methods.build_method`).
+        name: method name (see :func:`~monai_diffad.methods.build_method`).
         dataset: the labelled set.
         indices: items to use.
         bundles_dir: folder holding the bundles.
@@ -377,7 +382,7 @@ def evaluate_bundle_method(
         device: device to run on.
         shared_overrides: overrides given to every method, applied where the config has the id.
         overlays: config files merged over the bundle's where they fit (see
-            :func:`~monai_diffad.evaluate.methods.build_method`).
+            :func:`~monai_diffad.methods.build_method`).
         kwargs: passed to :func:`evaluate_method` (``batch_size``, ``seed``, ``example_indices``, ``progress``).
 
     Returns:
@@ -433,10 +438,10 @@ def run_evaluation(
             :func:`~monai_diffad.evaluate.dataset.load_evaluation_set`).
         output_dir: report folder (see :data:`~monai_diffad.evaluate.report.REPORT_FILES`).
         bundles_dir: folder holding the bundles.
-        overrides: ``{method: {config id: value}}`` as :func:`~monai_diffad.evaluate.methods.parse_overrides` returns;
+        overrides: ``{method: {config id: value}}`` as :func:`~monai_diffad.methods.parse_overrides` returns;
             the ``"all"`` entry goes to every method whose config has the id.
         overlays: config files merged over each bundle's config they fit (e.g. ``bundles/ddpm/inference_paper.json``
-            for the paper-size network; see :func:`~monai_diffad.evaluate.methods.build_method`).
+            for the paper-size network; see :func:`~monai_diffad.methods.build_method`).
         limit: use only this many items, taken in turn from each size class; ``None`` for all.
         seed: noise seed, the same for every method.
         device: default CUDA when available, else CPU.

@@ -4,7 +4,19 @@
 from __future__ import annotations
 
 from monai_diffad.metrics.boxes import BoxDetectionMetric
-from monai_diffad.metrics.dice import DICE_THRESHOLDS, BestDiceMetric, best_dice, dice_curve_from_counts
+from monai_diffad.metrics.dice import (
+    DICE_THRESHOLDS,
+    BestDiceMetric,
+    best_dice,
+    dice_curve_from_counts,
+)
+from monai_diffad.metrics.healthy_fpr import (
+    CALIBRATION_FPR,
+    HealthyFPRThresholdMetric,
+    flagged_share_curve,
+    healthy_fpr_threshold,
+    threshold_at_fpr,
+)
 from monai_diffad.metrics.pooled import (
     PooledHistogramMetric,
     RunningSumMetric,
@@ -37,6 +49,11 @@ from monai_diffad.metrics.strata import (
 )
 
 __all__ = [
+    "CALIBRATION_FPR",
+    "HealthyFPRThresholdMetric",
+    "flagged_share_curve",
+    "healthy_fpr_threshold",
+    "threshold_at_fpr",
     "AUPRCMetric",
     "AUROCMetric",
     "BestDiceMetric",

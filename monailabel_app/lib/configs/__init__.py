@@ -1,19 +1,42 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""One MONAI Label ``TaskConfig`` per anomaly method, by ``--conf models`` name."""
+"""One MONAI Label ``TaskConfig`` per registered method (:mod:`monai_diffad.methods`), by ``--conf models`` name."""
 
 from __future__ import annotations
 
-from lib.configs.anoddpm import AnoDDPMConfig
-from lib.configs.autoddpm import AutoDDPMConfig
-from lib.configs.base import AnomalyTaskConfig
-from lib.configs.ddpm import DDPMConfig
-from lib.configs.disyre import DISYREConfig
-from lib.configs.thor import THORConfig
-from lib.configs.thor_simplex import THORSimplexConfig
+import dataclasses
 
-__all__ = ["TASK_CONFIGS", "AnomalyTaskConfig"]
+from lib.configs.base import AnomalyTaskConfig
+from lib.infers.params import Option
+from monai_diffad.methods import MethodSpec, get_available_methods, method_spec
+
+__all__ = ["TASK_CONFIGS", "AnomalyTaskConfig", "task_config"]
+
+#: the app's default model, listed first
+DEFAULT_MODEL = "thor"
+
+
+def task_config(spec: MethodSpec) -> type[AnomalyTaskConfig]:
+    """The ``TaskConfig`` class of a registered method: its bundle, variant keys, options and ``--conf`` keys."""
+    return type(
+        f"{spec.name.title().replace('_', '')}Config",
+        (AnomalyTaskConfig,),
+        {
+            "method": spec.name,
+            "bundle": spec.bundle,
+            "bundle_overrides": dict(spec.overrides),
+            "method_options": tuple(Option(**dataclasses.asdict(o)) for o in spec.options),
+            "summary": spec.summary,
+            "checkpoint_key": f"{spec.conf_prefix}checkpoint",
+            "network_key": f"{spec.conf_prefix}network",
+        },
+    )
+
+
+def _task_configs() -> dict[str, type[AnomalyTaskConfig]]:
+    names = get_available_methods()
+    ordered = ([DEFAULT_MODEL] if DEFAULT_MODEL in names else []) + [n for n in names if n != DEFAULT_MODEL]
+    return {name: task_config(method_spec(name)) for name in ordered}
+
 
 #: ``--conf models`` names, in the order the models are listed (THOR first: the default).
-TASK_CONFIGS: dict[str, type[AnomalyTaskConfig]] = {
-    c.method: c for c in (THORConfig, THORSimplexConfig, AutoDDPMConfig, DDPMConfig, AnoDDPMConfig, DISYREConfig)
-}
+TASK_CONFIGS: dict[str, type[AnomalyTaskConfig]] = _task_configs()

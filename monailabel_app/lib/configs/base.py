@@ -41,16 +41,10 @@ from lib.infers.params import Option
 from monai_diffad.bundles import bundle_config
 from monai_diffad.networks import load_diffusion_unet
 
-__all__ = ["AnomalyTaskConfig", "BundleMethod", "NOISE_LEVEL"]
+__all__ = ["AnomalyTaskConfig", "BundleMethod"]
 
 logger = logging.getLogger(__name__)
 
-#: the partial-noising level L of the DDPM-based methods; its default is the bundle inferer's
-NOISE_LEVEL = Option(
-    "noise_level", "int", None,
-    "Diffusion steps: the image is noised to this level and restored (about one network call per level).",
-    1, 999, target="noise_level",
-)  # fmt: skip
 
 #: the key under which MONAI Label hands the image to the pre-transforms
 _IMAGE_KEY = "image"

@@ -1,11 +1,16 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Building a method (network with its weights + inferer) from its bundle's ``inference.json``.
+"""The methods this package offers: one registry, and building a method from its bundle.
 
-A method is a bundle folder ``<bundles>/<name>/inference.json`` with the keys ``network``, ``checkpoint`` and
-``inferer`` (the layout every bundle of this project shares), or a named variant of one (``thor_simplex`` is the
-THOR bundle with ``noise_type="simplex"``). Weights are read like the bundle's ``CheckpointLoader`` does (a state
-dict, possibly wrapped under ``model``/``state_dict``/``network``, loaded strictly) but only through
-:func:`~monai_diffad.networks.load_state_dict_safely`, which never unpickles code.
+Every method is one :class:`MethodSpec` in the registry: its name, the label tables show, the bundle that defines it
+(``<bundles>/<bundle>/inference.json``: ``network``, ``checkpoint``, ``inferer`` and the geometry contract), the
+bundle keys that make a variant of a shared bundle (``thor_simplex`` is the THOR bundle with
+``noise_type="simplex"``), the config key of its label threshold and its per-request options. Evaluation,
+calibration, the MONAI Label app and the tests all iterate :func:`get_available_methods`, so adding a method is one
+inferer file, one bundle and one :func:`register_method` call (``CONTRIBUTING.md``).
+
+A method is only ever built from its bundle (:func:`build_method`). Weights are read like the bundle's
+``CheckpointLoader`` does (a state dict, possibly wrapped under ``model``/``state_dict``/``network``, loaded strictly)
+but only through :func:`~monai_diffad.networks.load_state_dict_safely`, which never unpickles code.
 """
 
 from __future__ import annotations
@@ -15,20 +20,24 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
 
 from monai_diffad.inferers import DiffusionAnomalyInferer
-from monai_diffad.inferers.disyre import DISYREInferer
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
 from monai_diffad.networks import load_state_dict_safely
 
 __all__ = [
-    "METHOD_VARIANTS",
-    "METHOD_LABELS",
-    "DEFAULT_METHODS",
+    "MethodOption",
+    "MethodSpec",
+    "register_method",
+    "unregister_method",
+    "get_available_methods",
+    "method_spec",
+    "method_label",
     "MethodUnavailable",
     "BuiltMethod",
     "build_method",
@@ -37,19 +46,146 @@ __all__ = [
     "describe_inferer",
 ]
 
-#: methods that are a bundle run with other settings: name -> (bundle folder, config overrides)
-METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"thor_simplex": ("thor", {"noise_type": "simplex"})}
-#: names shown in tables (others are shown as given)
-METHOD_LABELS: dict[str, str] = {
-    "ddpm": "DDPM",
-    "anoddpm": "AnoDDPM",
-    "thor": "THOR",
-    "thor_simplex": "THOR",
-    "autoddpm": "AutoDDPM",
-    "disyre": "DISYRE",
-}
-#: the papers' comparison: Gaussian methods, then Simplex ones, then DISYRE
-DEFAULT_METHODS = ("ddpm", "autoddpm", "thor", "anoddpm", "thor_simplex", "disyre")
+
+@dataclass(frozen=True)
+class MethodOption:
+    """A setting of a method that a user may change per run (the MONAI Label panel, request parameters).
+
+    Args:
+        name: the request parameter.
+        kind: ``"int"``, ``"float"``, ``"optional_float"``, ``"int_list"``, ``"bool"`` or ``"choice"``.
+        default: the value when not set; ``None`` takes the bundle's (the inferer's) value.
+        help: one line for users.
+        low, high: inclusive bounds of numbers (and of every list item).
+        target: the keyword of the bundle's ``inferer`` that receives the value.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    target: str | None = None
+
+
+#: the partial-noising level L of the DDPM-based methods
+NOISE_LEVEL = MethodOption(
+    "noise_level", "int", None,
+    "Diffusion steps: the image is noised to this level and restored (about one network call per level).",
+    1, 999, target="noise_level",
+)  # fmt: skip
+#: THOR's harmonization steps
+HARMONIZATION_STEPS = MethodOption(
+    "harmonization_steps", "int_list", None,
+    "Steps at which THOR blends the restoration with the input, each <= noise_level, e.g. '300,150,50'; "
+    "empty for none.",
+    0, 999, target="harmonization_steps",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the registry.
+
+    Args:
+        name: the method's name everywhere (``--methods``, ``--bundle``, MONAI Label ``--conf models``).
+        label: its name in tables and figures.
+        bundle: the bundle folder that defines it.
+        summary: one line for users (shown in 3D Slicer).
+        overrides: bundle keys that make this variant of a shared bundle.
+        threshold_key: the bundle key of its calibrated label threshold.
+        options: its per-request settings beyond the common ones (threshold, seed, ...).
+        conf_prefix: prefix of the MONAI Label ``--conf`` keys that replace its weights and network
+            (``"<prefix>checkpoint"``, ``"<prefix>network"``): methods sharing a network share a prefix.
+    """
+
+    name: str
+    label: str
+    bundle: str
+    summary: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    threshold_key: str = "threshold"
+    options: tuple[MethodOption, ...] = ()
+    conf_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add a method to the registry (after those already there) and return it.
+
+    Raises:
+        ValueError: a method of that name is already registered.
+    """
+    if spec.name in _REGISTRY:
+        raise ValueError(f"A method named '{spec.name}' is already registered.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method added with :func:`register_method` (e.g. a plugin's, in its tests)."""
+    method_spec(name)
+    del _REGISTRY[name]
+
+
+def get_available_methods() -> list[str]:
+    """Names of the registered methods, in table order (the papers' comparison: Gaussian, Simplex, DISYRE)."""
+    return list(_REGISTRY)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registered method ``name``.
+
+    Raises:
+        ValueError: an unknown method (the message lists the available ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown method '{name}'; available: {', '.join(_REGISTRY)}.") from None
+
+
+for _spec in (
+    MethodSpec("ddpm", "DDPM", "ddpm", "DDPM: noise the image partially, restore it, map the residual.",
+               options=(NOISE_LEVEL,)),
+    MethodSpec(
+        "autoddpm", "AutoDDPM", "autoddpm",
+        "AutoDDPM: reconstruction, automatic masking, stitching and re-sampling of the suspicious region.",
+        options=(
+            NOISE_LEVEL,
+            MethodOption("resample_level", "int", None, "Level the masked region is re-sampled from.", 1, 999,
+                         target="resample_level"),
+            MethodOption("resample_passes", "int", None, "Re-sampling passes (RePaint-style jumps).", 1, 100,
+                         target="resample_passes"),
+        ),
+    ),
+    MethodSpec("thor", "THOR", "thor",
+               "THOR (Gaussian noise): diffusion restoration harmonized with the input; map of what was restored.",
+               options=(NOISE_LEVEL, HARMONIZATION_STEPS)),
+    MethodSpec("anoddpm", "AnoDDPM", "anoddpm",
+               "AnoDDPM: Simplex-noise partial diffusion, restore, map the squared residual.", options=(NOISE_LEVEL,)),
+    # the THOR bundle's own switch: the Simplex-trained weights, the Simplex defaults of the inferer (L = 250,
+    # H = 200/150/100/50) and the separately calibrated threshold_simplex
+    MethodSpec("thor_simplex", "THOR", "thor",
+               "THOR (Simplex noise): diffusion restoration harmonized with the input; map of what was restored.",
+               overrides={"noise_type": "simplex"}, threshold_key="threshold_simplex",
+               options=(NOISE_LEVEL, HARMONIZATION_STEPS)),
+    MethodSpec(
+        "disyre", "DISYRE", "disyre",
+        "DISYRE: step-wise restoration of the image as if it were synthetically corrupted; map of the changes.",
+        options=(MethodOption("step_size", "int", None,
+                              "Restoration step s: the network is called at T, T - s, ... > 0.", 1, 1000,
+                              target="step_size"),),
+        conf_prefix="disyre_",
+    ),
+):  # fmt: skip
+    register_method(_spec)
 
 
 class MethodUnavailable(RuntimeError):
@@ -79,9 +215,12 @@ class BuiltMethod:
 
 
 def method_config_file(name: str, bundles_dir: str) -> str:
-    """Path of the ``inference.json`` that defines method ``name`` (whether it exists or not)."""
-    bundle = METHOD_VARIANTS.get(name, (name, {}))[0]
-    return os.path.join(bundles_dir, bundle, "inference.json")
+    """Path of the ``inference.json`` that defines method ``name`` (whether it exists or not).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    return os.path.join(bundles_dir, method_spec(name).bundle, "inference.json")
 
 
 def _parse_value(text: str) -> Any:
@@ -132,20 +271,21 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def describe_inferer(inferer: DiffusionAnomalyInferer) -> dict[str, Any]:
-    """The inferer's class, noise and perceptual term as used, for reports.
+def method_label(name: str) -> str:
+    """The table label of method ``name`` (the name itself for an unregistered one)."""
+    return _REGISTRY[name].label if name in _REGISTRY else name
 
-    ``noise`` is ``"gaussian"``/``"simplex"`` for the partial-noising methods and ``"none"`` for DISYRE, which
-    restores synthetic corruptions without noise (its base-class noise level is a placeholder).
+
+def describe_inferer(inferer: DiffusionAnomalyInferer, name: str | None = None) -> dict[str, Any]:
+    """The inferer's class, noise, method settings and perceptual term as used, for reports.
+
+    ``noise`` is ``"gaussian"``/``"simplex"`` for the partial-noising methods and ``"none"`` for an inferer without
+    noise (DISYRE restores synthetic corruptions). The settings reported are the targets of the registered method's
+    options (:attr:`MethodSpec.options`).
     """
-    info: dict[str, Any] = {"inferer": type(inferer).__name__}
-    if isinstance(inferer, DISYREInferer):
-        info["noise"] = "none"
-        info["step_size"] = inferer.step_size
-    else:
-        info["noise"] = inferer.noise_type
-        info["noise_level"] = inferer.noise_level
-    for attr in ("harmonization_steps", "resample_level", "resample_passes"):
+    info: dict[str, Any] = {"inferer": type(inferer).__name__, "noise": getattr(inferer, "noise_type", None) or "none"}
+    targets = [o.target for o in method_spec(name).options if o.target] if name in _REGISTRY else []
+    for attr in targets:
         if getattr(inferer, attr, None) is not None:
             value = getattr(inferer, attr)
             info[attr] = list(value) if isinstance(value, (tuple, list)) else value
@@ -170,7 +310,7 @@ def build_method(
     ``overrides``, before ``checkpoint``, ``network`` and ``inferer`` are parsed.
 
     Args:
-        name: a bundle folder name under ``bundles_dir`` or a key of :data:`METHOD_VARIANTS`.
+        name: a registered method (:func:`get_available_methods`).
         bundles_dir: folder holding the bundles.
         overrides: ``{config id: value}`` for this method; every id must exist (nested ids: their parent).
         device: device of the network; default CUDA when available, else CPU.
@@ -184,13 +324,14 @@ def build_method(
 
     Raises:
         MethodUnavailable: the bundle config or the checkpoint file does not exist.
+        ValueError: an unknown method.
         ValueError: an override names an id the config lacks; the checkpoint is unsafe or does not match the network.
         TypeError: the config's inferer is not a :class:`~monai_diffad.inferers.DiffusionAnomalyInferer`.
     """
     config_file = method_config_file(name, bundles_dir)
     if not os.path.isfile(config_file):
         raise MethodUnavailable(f"no bundle yet: '{config_file}' does not exist")
-    variant = METHOD_VARIANTS.get(name, (name, {}))[1]
+    variant = dict(method_spec(name).overrides)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     parser = ConfigParser()
     parser.read_config(config_file)
