@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from monai_diffad.metrics.healthy_fpr import (
     CALIBRATION_FPR,
     flagged_share_curve,
-    healthy_fpr_threshold,
     threshold_at_fpr,
 )
 
@@ -78,7 +77,7 @@ def calibrate_bundle(
     Returns:
         ``{"threshold", "fpr", "num_images", "data", "bundle"}``.
     """
-    from monai_diffad.evaluate import load_evaluation_set
+    from monai_diffad.evaluate import evaluate_method, load_evaluation_set
     from monai_diffad.methods import build_method
 
     method = build_method(bundle, bundles_dir, overrides=overrides or {}, device=device, overlays=overlays)
@@ -86,15 +85,12 @@ def calibrate_bundle(
     healthy = np.flatnonzero(dataset.size_class == 0)[: limit or None]
     if len(healthy) == 0:
         raise ValueError(f"'{data}' holds no lesion-free items (size_class 0) to calibrate on.")
-    device_ = next(method.network.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    maps, masks = [], []
-    for start in tqdm(range(0, len(healthy), batch_size), desc=f"calibrating {bundle}"):
-        batch = dataset.batch(healthy[start : start + batch_size], device=device_)
-        out = method.inferer.detect(batch["image"], method.network, mask=batch["brain_mask"], generator=generator)
-        maps.append(out.anomaly_map.cpu())
-        masks.append(batch["brain_mask"].cpu())
-    threshold = healthy_fpr_threshold(torch.cat(maps), torch.cat(masks), fpr)
+    # the benchmark's own loop and seeding: its lesion-free slices give the same threshold (threshold_from_results)
+    result = evaluate_method(
+        method.inferer, method.network, dataset, healthy, name=bundle, batch_size=batch_size, seed=seed,
+        progress=True, calibration_fpr=fpr,
+    )
+    threshold = float(result.metrics["calibrated_threshold"])
     return {"threshold": threshold, "fpr": fpr, "num_images": int(len(healthy)), "data": data, "bundle": bundle}
 
 

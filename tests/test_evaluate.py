@@ -354,3 +354,15 @@ def test_load_datalist_and_resolve(tmp_path: Path):
         resolve_data_path(str(tmp_path / "label"), 64)
     with pytest.raises(ValueError, match="shape"):
         EvaluationSet(arrays["images"], arrays["masks"][:, :4], arrays["brain_masks"], arrays["size_class"])
+
+
+def test_calibrate_bundle_runs_the_benchmark_loop_on_lesion_free_items(workspace):
+    from monai_diffad.calibration import calibrate_bundle
+
+    strict, loose = (
+        calibrate_bundle("ddpm", str(workspace["data"]), fpr, device="cpu", bundles_dir=str(workspace["bundles"]))
+        for fpr in (0.01, 0.5)
+    )
+    assert strict["num_images"] == loose["num_images"] == 2
+    # a larger tolerated share of labelled healthy pixels can only lower the threshold
+    assert 0.0 < loose["threshold"] < strict["threshold"] < 1.0

@@ -90,16 +90,17 @@ class MethodMetrics:
 
     Args:
         n_bins: histogram bins of the AUPRC/AUROC metrics (see :class:`~monai_diffad.metrics.AUPRCMetric`).
+        calibration_fpr: share of lesion-free brain pixels the calibrated threshold may label.
     """
 
-    def __init__(self, n_bins: int = 100_000) -> None:
+    def __init__(self, n_bins: int = 100_000, calibration_fpr: float = CALIBRATION_FPR) -> None:
         self.dice = StratifiedMetric(partial(BestDiceMetric, return_threshold=True))
         self.auprc = StratifiedMetric(partial(AUPRCMetric, n_bins))
         self.auroc = StratifiedMetric(partial(AUROCMetric, n_bins))
         self.reconstruction = ReconstructionMetric(spatial_dims=2, data_range=1.0)
         self.image_auroc = ImageAUROCMetric()
         # the label threshold the bundle's calibration would pick, from the lesion-free maps computed here anyway
-        self.healthy_fpr = HealthyFPRThresholdMetric(CALIBRATION_FPR)
+        self.healthy_fpr = HealthyFPRThresholdMetric(calibration_fpr)
 
     def update(self, output: AnomalyOutput, batch: Mapping[str, torch.Tensor]) -> None:
         """Add one batch.
@@ -275,6 +276,7 @@ def evaluate_method(
     progress: bool = False,
     n_bins: int = 100_000,
     noise_positions: Sequence[int] | None = None,
+    calibration_fpr: float = CALIBRATION_FPR,
 ) -> MethodResult:
     """Run one method on items of a set and aggregate its metrics.
 
@@ -297,6 +299,7 @@ def evaluate_method(
         noise_positions: position of each item of ``indices`` in the seeded noise stream (default ``0, 1, ...``);
             a batch starting at position ``p`` skips the seeds of the ``p`` images before it, so a share of a set
             gets the noise a single pass over the whole set gives it. Batches never span a gap in positions.
+        calibration_fpr: the false-positive rate of the ``calibrated_threshold`` measured on the lesion-free items.
 
     Returns:
         A :class:`MethodResult` with status ``"ok"``; ``seconds_per_image`` is wall-clock time over all ranks' images.
@@ -319,7 +322,7 @@ def evaluate_method(
         device = next(network.parameters(), torch.empty(0)).device
     generator = torch.Generator()
     next_position = None
-    metrics = MethodMetrics(n_bins)
+    metrics = MethodMetrics(n_bins, calibration_fpr)
     wanted = set(int(i) for i in example_indices)
     examples: dict[int, np.ndarray] = {}
     start = time.perf_counter()
