@@ -31,6 +31,8 @@ from monai_diffad.inferers.perceptual_term import PerceptualTerm
 from monai_diffad.networks import load_state_dict_safely
 
 __all__ = [
+    "HARMONIZATION_STEPS",
+    "NOISE_LEVEL",
     "MethodOption",
     "MethodSpec",
     "register_method",

@@ -5,8 +5,8 @@ Start from the repository root::
 
     monailabel start_server --app monailabel_app --studies <folder of NIfTI/NRRD/DICOM> --conf models thor
 
-``--conf models`` takes a comma-separated list of ``thor`` (default), ``thor_simplex``, ``autoddpm``, ``ddpm``,
-``anoddpm``, ``disyre`` or ``all``. Further ``--conf`` options are described in ``lib/configs/base.py`` and the
+``--conf models`` takes a comma-separated list of the registered methods (:mod:`monai_diffad.methods`: ``thor``
+(default), ``thor_simplex``, ``autoddpm``, ``ddpm``, ``anoddpm``, ``disyre``) or ``all``. Further ``--conf`` options are described in ``lib/configs/base.py`` and the
 README next to this file.
 """
 
@@ -27,7 +27,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
-from lib.configs import TASK_CONFIGS
+from lib.configs import task_configs
 from lib.infers.params import InvalidInferRequest
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,13 @@ def _names(value: str, what: str) -> list[str]:
     Raises:
         ValueError: an unknown name.
     """
+    available = list(task_configs())
     names = [n.strip().lower() for n in value.split(",") if n.strip()]
     if "all" in names:
-        return list(TASK_CONFIGS)
-    unknown = [n for n in names if n not in TASK_CONFIGS]
+        return available
+    unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"--conf {what}: unknown method(s) {unknown}; available: {list(TASK_CONFIGS)} or 'all'.")
+        raise ValueError(f"--conf {what}: unknown method(s) {unknown}; available: {available} or 'all'.")
     return list(dict.fromkeys(names))
 
 
@@ -69,8 +70,9 @@ class AnomalyDetectionApp(MONAILabelApp):
             names = list(dict.fromkeys(names + bundles)) if "models" in conf else bundles
         local_studies = not studies.startswith(("http://", "https://"))
         self.task_configs = {}
+        classes = task_configs()
         for name in names:
-            config = TASK_CONFIGS[name]()
+            config = classes[name]()
             config.init(
                 name,
                 os.path.join(app_dir, "model"),

@@ -26,7 +26,7 @@ pytest.importorskip("monailabel")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "monailabel_app"))
 
-from lib.configs import TASK_CONFIGS  # noqa: E402
+from lib.configs import task_configs  # noqa: E402
 from lib.infers.params import InvalidInferRequest  # noqa: E402
 from monailabel.tasks.infer.basic_infer import CallBackTypes  # noqa: E402
 
@@ -87,7 +87,7 @@ def _defaults(task) -> dict:
 
 
 def test_changed_bundle_settings_reach_the_task(changed_bundles):
-    config, task = _task(TASK_CONFIGS["thor"])
+    config, task = _task(task_configs()["thor"])
     assert config.checkpoint == os.path.join(changed_bundles, "ddpm", "models", "model.pt")
     assert task.threshold_source == os.path.join(changed_bundles, "thor", "inference.json")
     defaults = _defaults(task)
@@ -106,7 +106,7 @@ def test_changed_bundle_settings_reach_the_task(changed_bundles):
     assert [block.resnets[0].out_channels for block in network.down_blocks] == TINY_NETWORK["channels"]
 
     # the variant's switch (noise_type) picks the bundle's Simplex weights and Simplex threshold
-    simplex_config, simplex_task = _task(TASK_CONFIGS["thor_simplex"])
+    simplex_config, simplex_task = _task(task_configs()["thor_simplex"])
     assert simplex_config.checkpoint.endswith(os.path.join("ddpm", "models", "model_simplex.pt"))
     assert _defaults(simplex_task)["threshold"] == pytest.approx(CHANGED["threshold_simplex"])
 
@@ -136,7 +136,7 @@ def _scanner_volume(folder: str) -> tuple[str, np.ndarray]:
 
 
 def test_scanner_volume_comes_back_on_its_grid_and_inside_its_brain_mask(changed_bundles, tmp_path):
-    _, task = _task(TASK_CONFIGS["thor"])
+    _, task = _task(task_configs()["thor"])
     image_path, mask = _scanner_volume(str(tmp_path))
     seen = {}
 
@@ -169,7 +169,7 @@ def test_scanner_volume_comes_back_on_its_grid_and_inside_its_brain_mask(changed
 
 
 def test_without_a_mask_file_the_filled_foreground_is_the_brain(changed_bundles, tmp_path):
-    _, task = _task(TASK_CONFIGS["thor"])
+    _, task = _task(task_configs()["thor"])
     image_path, _ = _scanner_volume(str(tmp_path))
     os.remove(os.path.join(str(tmp_path), "scan_brain_mask.nii.gz"))
     image = np.asarray(nib.load(image_path).dataobj)
@@ -186,7 +186,7 @@ def test_without_a_mask_file_the_filled_foreground_is_the_brain(changed_bundles,
 
 
 def test_a_brain_mask_of_another_shape_is_a_client_error(changed_bundles, tmp_path):
-    _, task = _task(TASK_CONFIGS["thor"])
+    _, task = _task(task_configs()["thor"])
     image_path, mask = _scanner_volume(str(tmp_path))
     mask_path = os.path.join(str(tmp_path), "scan_brain_mask.nii.gz")
     nib.save(nib.Nifti1Image(mask[:-4].astype(np.uint8), LPS_AFFINE), mask_path)

@@ -9,7 +9,7 @@ from lib.configs.base import AnomalyTaskConfig
 from lib.infers.params import Option
 from monai_diffad.methods import MethodSpec, get_available_methods, method_spec
 
-__all__ = ["TASK_CONFIGS", "AnomalyTaskConfig", "task_config"]
+__all__ = ["AnomalyTaskConfig", "task_config", "task_configs"]
 
 #: the app's default model, listed first
 DEFAULT_MODEL = "thor"
@@ -32,11 +32,9 @@ def task_config(spec: MethodSpec) -> type[AnomalyTaskConfig]:
     )
 
 
-def _task_configs() -> dict[str, type[AnomalyTaskConfig]]:
+def task_configs() -> dict[str, type[AnomalyTaskConfig]]:
+    """``--conf models`` names and their ``TaskConfig`` classes, for every method registered now, in the order the
+    models are listed (THOR first: the default)."""
     names = get_available_methods()
     ordered = ([DEFAULT_MODEL] if DEFAULT_MODEL in names else []) + [n for n in names if n != DEFAULT_MODEL]
     return {name: task_config(method_spec(name)) for name in ordered}
-
-
-#: ``--conf models`` names, in the order the models are listed (THOR first: the default).
-TASK_CONFIGS: dict[str, type[AnomalyTaskConfig]] = _task_configs()
