@@ -15,6 +15,7 @@ import numpy as np
 from monai.transforms import Resize
 from scipy.ndimage import binary_fill_holes
 
+from monai_diffad.transforms.geometry import frame_around
 from monai_diffad.transforms.intensity import MaskedPercentileNormalized, masked_percentile_normalize
 
 __all__ = [
@@ -90,6 +91,10 @@ def brain_centroid_xy(mask: np.ndarray) -> tuple[int, int]:
 def crop_or_pad_2d(array: np.ndarray, center: Sequence[int], size: int = CROP_SIZE) -> np.ndarray:
     """Crop or zero-pad the first two axes of ``array`` to ``size x size`` centred on ``center``.
 
+    The frame is the geometry contract's (:func:`monai_diffad.transforms.geometry.frame_around`), so the built-in
+    slices and a user's scans are framed alike; MONAI's ``ResizeWithPadOrCrop`` centres on the image's centre, not
+    on a given point.
+
     Args:
         array: ``(X, Y, ...)`` array.
         center: ``(cx, cy)`` voxel indices that land at ``(size // 2, size // 2)``.
@@ -98,17 +103,9 @@ def crop_or_pad_2d(array: np.ndarray, center: Sequence[int], size: int = CROP_SI
     Returns:
         ``(size, size, ...)`` array of ``array``'s dtype.
     """
-    out = np.zeros((size, size) + array.shape[2:], dtype=array.dtype)
-    src, dst = [], []
-    for axis in range(2):
-        start = int(center[axis]) - size // 2  # source index that lands at output index 0
-        lo, hi = max(start, 0), min(start + size, array.shape[axis])
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - start, hi - start))
-    out[dst[0], dst[1]] = array[src[0], src[1]]
-    return out
+    pads, crops = frame_around(center, (size, size), array.shape[:2])
+    padded = np.pad(array, pads + [(0, 0)] * (array.ndim - 2))
+    return padded[crops[0], crops[1]]
 
 
 def extract_axial_slices(
@@ -163,8 +160,9 @@ def halve_resolution(images: np.ndarray, masks: np.ndarray | None = None) -> tup
     h, w = images.shape[-2:]
     if h % 2 or w % 2:
         raise ValueError(f"Spatial size must be even to halve, got {(h, w)}.")
-
     def pool(a: np.ndarray) -> np.ndarray:
+        # MONAI's Resize(mode="area") gives these values up to float rounding (6e-8), which would change the bytes
+        # of the cached sets that the committed reports' checksums name
         a = np.asarray(a, dtype=np.float32)
         return a.reshape(*a.shape[:-2], h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
 

@@ -146,6 +146,7 @@ def deal_items(
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}.")
     blocks = split_items(n_items, world_size, required)  # validates, and is the fallback
     runs = [range(start, min(start + chunk, n_items)) for start in range(0, n_items, chunk)]
+    # MONAI's partition_dataset deals the same way but refuses fewer runs than ranks, which must fall back below
     dealt = [[p for run in runs[rank::world_size] for p in run] for rank in range(world_size)]
     groups = [np.ones(n_items, dtype=bool)] + [np.asarray(m) for m in required if np.asarray(m).any()]
     if all(group[positions].any() for positions in dealt for group in groups):

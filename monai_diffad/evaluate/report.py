@@ -362,6 +362,8 @@ def _floor_row(metadata: dict[str, Any], n_columns: int) -> str:
 
 
 def _write_csv(path: str, results: Sequence[MethodResult]) -> None:
+    # MONAI's MetricsSaver writes an ignite engine's metrics per key; this table is one row per method, with the
+    # methods that failed or were skipped, which no engine ran
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "label", "noise", "status", "reason", *METRIC_COLUMNS])

@@ -36,6 +36,10 @@ class EMAHandler:
     The trained network is ``engine.network``; a ``DistributedDataParallel`` or ``DataParallel`` wrapper is looked
     through (its ``state_dict`` keys carry a ``module.`` prefix), so ``ema_network`` is a copy of the plain module.
 
+    ignite's ``EMAHandler`` is not used: it makes its own copy of the network and warms its momentum up by its own
+    schedule, whereas here the EMA network is the one the bundle's checkpoint, validator and exporter share, and the
+    warm-up is the one every shipped weight file was trained with.
+
     Args:
         ema_network: a copy of the trained network that receives the average (not trained itself).
         decay: the long-run decay in ``(0, 1)``.

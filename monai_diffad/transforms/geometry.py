@@ -11,7 +11,7 @@ on the ``MetaTensor`` so ``Invertd`` brings every output back to the input's gri
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from monai.transforms.croppad.functional import crop_func, pad_func
 from monai.utils import TraceKeys
 from scipy.ndimage import binary_fill_holes
 
-__all__ = ["BrainMaskd", "BrainCentredCropOrPadd", "axial_axis", "foreground_brain_mask", "source_name"]
+__all__ = ["BrainMaskd", "BrainCentredCropOrPadd", "axial_axis", "foreground_brain_mask", "frame_around", "source_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,26 @@ class BrainMaskd(MapTransform):
             )
 
 
+def frame_around(
+    centre: Sequence[int], size: Sequence[int], shape: Sequence[int]
+) -> tuple[list[tuple[int, int]], list[slice]]:
+    """Zero padding and then crop slices that cut a ``size`` frame centred on ``centre`` out of a ``shape`` grid.
+
+    Index ``centre[a] - size[a] // 2`` of axis ``a`` lands at the frame's first pixel; where the frame reaches past
+    the grid, it is padded.
+
+    Returns:
+        ``([(before, after)] per axis, [slice] per axis of the padded grid)``.
+    """
+    pads, crops = [], []
+    for c, n, extent in zip(centre, size, shape):
+        start = int(c) - int(n) // 2
+        before, after = max(0, -start), max(0, start + int(n) - int(extent))
+        pads.append((before, after))
+        crops.append(slice(start + before, start + before + int(n)))
+    return pads, crops
+
+
 class BrainCentredCropOrPadd(MapTransform, InvertibleTransform):
     """Crop or zero-pad the in-plane axes to ``field_of_view_mm`` around the brain mask's in-plane centroid.
 
@@ -227,14 +247,7 @@ class BrainCentredCropOrPadd(MapTransform, InvertibleTransform):
         size = [max(1, int(round(self.field_of_view_mm / s))) for s in spacing]
         self._warn_if_frame_misfits(mask, coords, spacing, name)
         centre = coords[:, :2].double().mean(0).round().long().tolist()
-        pads, crops = [], []
-        for axis in range(2):
-            start = centre[axis] - size[axis] // 2  # input index that lands at the frame's first pixel
-            before = max(0, -start)
-            after = max(0, start + size[axis] - mask.shape[axis + 1])
-            pads.append((before, after))
-            crops.append(slice(start + before, start + before + size[axis]))
-        return pads, crops
+        return frame_around(centre, size, mask.shape[1:3])
 
     def _warn_if_frame_misfits(self, mask: torch.Tensor, coords: torch.Tensor, spacing: np.ndarray, name: str) -> None:
         extent = [(int(coords[:, a].max()) - int(coords[:, a].min()) + 1) * spacing[a] for a in range(2)]
