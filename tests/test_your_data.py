@@ -194,6 +194,24 @@ def test_mask_of_another_shape_is_named(cohort, tmp_path):
     assert "wrong_mask.nii.gz" in _error_text(excinfo) and "shape" in _error_text(excinfo)
 
 
+def test_a_head_rather_than_a_brain_gets_one_warning_naming_the_file(cohort, tmp_path, caplog):
+    """A scan with a noisy background (as an image that was not skull-stripped has): the foreground is the whole
+    field of view, more than any brain's axial section."""
+    pre, _ = inference_transforms("thor", save_outputs=False)
+    source = nib.load(os.path.join(cohort["healthy"], "deepmriprep.nii.gz"))
+    noisy = source.get_fdata() + np.random.default_rng(0).uniform(0.01, 0.05, source.shape)
+    path = tmp_path / "unstripped.nii.gz"
+    nib.save(nib.Nifti1Image(noisy.astype(np.float32), source.affine), path)
+    with caplog.at_level("WARNING", logger="monai_diffad.transforms.geometry"):
+        pre({"image": str(path)})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "monai_diffad.transforms.geometry"]
+    assert len(warnings) == 1 and "unstripped.nii.gz" in warnings[0] and "skull-strip" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monai_diffad.transforms.geometry"):
+        pre({"image": os.path.join(cohort["healthy"], "deepmriprep.nii.gz")})  # the skull-stripped scan: none
+    assert not [r for r in caplog.records if r.name == "monai_diffad.transforms.geometry"]
+
+
 def test_multichannel_image_is_named(tmp_path):
     pre, _ = inference_transforms("thor", save_outputs=False)
     path = tmp_path / "series.nii.gz"

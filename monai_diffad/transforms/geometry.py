@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 MAX_BRAIN_VOLUME_ML = 2500.0
 #: the largest axial brain section is about 170 cm^2; more than this on one slice is more than a brain
 MAX_BRAIN_AREA_CM2 = 250.0
+#: meta-data key set on a mask that already got the "not a brain" warning, so later steps don't warn again
+WARNED_KEY = "monai_diffad_not_brain_warned"
 #: an in-plane field of view smaller than this cannot hold an adult brain's axial section
 MIN_BRAIN_EXTENT_MM = 100.0
 
@@ -90,8 +92,8 @@ class BrainMaskd(MapTransform):
     spatial shape must equal the image's; it is binarised at > 0. Without it, the mask is
     :func:`foreground_brain_mask` of the image (the models are trained on skull-stripped brains, whose background
     is 0). Either way a warning names the file when the mask looks like a head rather than a brain (more than
-    ``max_brain_volume_ml`` for a volume, ``max_brain_area_cm2`` for a slice): skull-strip such inputs, or give a
-    brain mask.
+    ``max_brain_volume_ml`` in all, or ``max_brain_area_cm2`` on one axial slice): skull-strip such inputs, or give
+    a brain mask.
 
     Args:
         keys: the image key (one).
@@ -99,8 +101,8 @@ class BrainMaskd(MapTransform):
         copy_key: when given, a copy of the mask under this key stays on the input's grid (listed in no later
             transform), for restricting the outputs once they are inverted onto that grid.
         threshold: background level of the foreground mask.
-        max_brain_volume_ml: warning limit for 3D inputs.
-        max_brain_area_cm2: warning limit for 2D inputs.
+        max_brain_volume_ml: warning limit of the mask's volume.
+        max_brain_area_cm2: warning limit of the mask's largest axial section.
 
     Raises:
         ValueError: (naming the file) an image that is not one channel of 2D or 3D, a non-finite or constant image,
@@ -157,30 +159,39 @@ class BrainMaskd(MapTransform):
             origin = "foreground mask"
         if not bool(values.any()):
             raise ValueError(f"Image {name}: the {origin} is empty; is the image empty or all background?")
-        self._warn_if_not_brain(values, image, name, origin)
+        warned = self._warn_if_not_brain(values, image, name, origin)
         # the mask shares the image's meta data and trace, so every later step and its inverse treat both alike
         mask = image.clone() if isinstance(image, MetaTensor) else torch.as_tensor(image).clone()
         mask.copy_(values.to(mask.device, mask.dtype))
+        if warned and isinstance(mask, MetaTensor):
+            mask.meta[WARNED_KEY] = True
         d[self.mask_key] = mask
         if self.copy_key is not None:
             d[self.copy_key] = mask.clone()
         return d
 
-    def _warn_if_not_brain(self, mask: torch.Tensor, image: torch.Tensor, name: str, origin: str) -> None:
+    def _warn_if_not_brain(self, mask: torch.Tensor, image: torch.Tensor, name: str, origin: str) -> bool:
+        # a whole volume is judged by its volume, and any volume (a thin slab too) by its largest axial section
         spacing = _pixdim(image)
-        count = float(mask.sum())
-        if mask.ndim == 4 and min(mask.shape[1:]) > 1:
-            size, limit, unit = count * float(np.prod(spacing)) / 1000.0, self.max_brain_volume_ml, "mL"
+        values = mask[0].detach().cpu().numpy() > 0
+        if values.ndim == 3:
+            axis = axial_axis(image)
+            in_plane = float(np.prod(np.delete(spacing, axis)))
+            area = float(values.sum(axis=tuple(a for a in range(3) if a != axis)).max()) * in_plane / 100.0
+            volume = float(values.sum()) * float(np.prod(spacing)) / 1000.0
         else:
-            size, limit, unit = count * float(np.prod(spacing[:2])) / 100.0, self.max_brain_area_cm2, "cm^2"
-        if size > limit:
-            logger.warning(
-                "Image %s: the %s covers %.0f %s, more than a brain (limit %.0f %s): the image looks not "
-                "skull-stripped or has a noisy background. The models are trained on skull-stripped brains; "
-                "skull-strip it (e.g. with HD-BET or SynthStrip) or give a brain mask (datalist key 'brain_mask' or "
-                "<name>_brain_mask.nii.gz beside the image).",
-                name, origin, size, unit, limit, unit,
-            )
+            area, volume = float(values.sum()) * float(np.prod(spacing[:2])) / 100.0, 0.0
+        for size, limit, unit in ((volume, self.max_brain_volume_ml, "mL"), (area, self.max_brain_area_cm2, "cm^2")):
+            if size > limit:
+                logger.warning(
+                    "Image %s: the %s covers %.0f %s, more than a brain (limit %.0f %s): the image looks not "
+                    "skull-stripped or has a noisy background. The models are trained on skull-stripped brains; "
+                    "skull-strip it (e.g. with HD-BET or SynthStrip) or give a brain mask (datalist key 'brain_mask' "
+                    "or <name>_brain_mask.nii.gz beside the image).",
+                    name, origin, size, unit, limit, unit,
+                )
+                return True
+        return False
 
 
 def frame_around(
@@ -258,7 +269,7 @@ class BrainCentredCropOrPadd(MapTransform, InvertibleTransform):
                 "models expect whole axial brain slices (check the spacing in the header, or the slice axis).",
                 name, field[0], field[1],
             )
-        elif max(extent) > self.field_of_view_mm:
+        elif max(extent) > self.field_of_view_mm and not getattr(mask, "meta", {}).get(WARNED_KEY):
             logger.warning(
                 "Image %s: the brain mask spans %.0f x %.0f mm in-plane, more than the %.0f mm field of view, so its "
                 "edges are cut off: the mask probably holds more than the brain (skull-strip the image or give a "
