@@ -18,6 +18,7 @@ from monai_diffad.inferers import (
     DDPMAnomalyInferer,
     DiffusionAnomalyInferer,
     DISYREInferer,
+    PartialDiffusionInferer,
     THORInferer,
 )
 from monai_diffad.maps import (
@@ -52,6 +53,7 @@ __all__ = [
     "DISYREInferer",
     "DiffusionAnomalyInferer",
     "NoiseType",
+    "PartialDiffusionInferer",
     "PerceptualDistance",
     "THORInferer",
     "auprc",

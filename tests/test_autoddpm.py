@@ -47,7 +47,6 @@ def test_paper_defaults(scheduler):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"resample_level": 0}, "resample_level"),
-    ({"resample_level": 1000}, "resample_level"),
     ({"resample_passes": 0}, "resample_passes"),
     ({"resample_passes": 1.5}, "resample_passes"),
     ({"dilation_size": 2}, "dilation_size"),

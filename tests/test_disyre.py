@@ -340,18 +340,34 @@ def test_determinism_batch_independence_and_3d(tiny_unet):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"step_size": 0}, ValueError, "step_size"),
-    ({"step_size": 101}, ValueError, "step_size"),
     ({"scoring": "sum"}, ValueError, "sum"),
     ({"update": "ddim"}, ValueError, "ddim"),
     ({"timesteps": (25, 50)}, ValueError, "descending"),
-    ({"timesteps": (120, 50)}, ValueError, "120"),
+    ({"timesteps": (-1,)}, ValueError, "-1"),
     ({"sw_overlap": 1.0}, ValueError, "sw_overlap"),
-    ({"scheduler": "ddpm"}, TypeError, "DDPMScheduler"),
-    ({"corruption": RandForeignPatchCorruption(alphas=torch.linspace(0, 1, 11))}, ValueError, "T="),
+    ({"step_stride": 10}, TypeError, "step_stride"),
+    ({"noise_type": "simplex"}, TypeError, "noise_type"),
+    ({"simplex_normalize": True}, TypeError, "simplex_normalize"),
+    ({"noise_level": 99}, TypeError, "noise_level"),
 ])
 def test_bad_options(kwargs, error, match):
     with pytest.raises(error, match=match):
         DISYREInferer(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"step_size": 101}, ValueError, r"step_size must be an integer in \[1, T=100\]"),
+    ({"timesteps": (120, 50)}, ValueError, r"timestep 120 must be an integer in \[0, T=100\]"),
+    ({"scheduler": "ddpm"}, TypeError, "DDPMScheduler"),
+    ({"corruption": RandForeignPatchCorruption(alphas=torch.linspace(0, 1, 11))}, ValueError, "T="),
+])
+def test_settings_that_need_the_scheduler_are_checked_when_used(tiny_unet, kwargs, error, match):
+    inferer = DISYREInferer(**kwargs)  # constructs, as the parent does with any scheduler
+    with pytest.raises(error, match=match):
+        inferer.detect(phantom(32)[0], tiny_unet)
+    with pytest.raises(error, match=match):
+        inferer.training_loss(phantom(32)[0], tiny_unet)
+    assert tiny_unet.calls == 0
 
 
 def test_bad_inputs(tiny_unet):

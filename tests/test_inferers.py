@@ -170,7 +170,6 @@ def test_out_of_range_clip_policy(scheduler, tiny_unet):
     "kwargs, match",
     [
         ({"noise_level": 0}, "noise_level"),
-        ({"noise_level": 1000}, "noise_level"),
         ({"noise_level": 2.5}, "integer"),
         ({"noise_type": "perlin"}, "perlin"),
         ({"value_range": (1, 0)}, "value_range"),
@@ -182,13 +181,18 @@ def test_bad_options_raise(scheduler, kwargs, match):
         DDPMAnomalyInferer(scheduler, **kwargs)
 
 
-def test_scheduler_type_and_length_checked():
-    with pytest.raises(TypeError, match="DDPMScheduler"):
-        DDPMAnomalyInferer(DDIMScheduler(num_train_timesteps=1000))
+def test_scheduler_type_and_length_checked_when_detection_runs(tiny_unet):
+    """Any scheduler constructs (drop-in for the parent); detection refuses what it cannot use, before any call."""
     from monai_diffad.networks import ddpm_scheduler
 
-    with pytest.raises(ValueError, match="T=100"):
-        DDPMAnomalyInferer(ddpm_scheduler(num_train_timesteps=100), noise_level=350)
+    x, _, _ = phantom(32)
+    ddim = DDPMAnomalyInferer(DDIMScheduler(num_train_timesteps=1000))
+    with pytest.raises(TypeError, match="DDPMScheduler"):
+        ddim.detect(x, tiny_unet)
+    short = DDPMAnomalyInferer(ddpm_scheduler(num_train_timesteps=100), noise_level=350)
+    with pytest.raises(ValueError, match=r"noise_level=350 is outside \[1, 99\] for a scheduler with T=100"):
+        short(x, tiny_unet)
+    assert tiny_unet.calls == 0
 
 
 def test_step_stride_reduces_calls_and_keeps_quality_on_oracle(scheduler):

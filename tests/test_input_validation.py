@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from monai.networks.schedulers import DDIMScheduler
 
 from monai_diffad.metrics import healthy_fpr_threshold
 from monai_diffad.inferers import AnoDDPMInferer, AutoDDPMInferer, DDPMAnomalyInferer, THORInferer
@@ -128,10 +129,8 @@ def test_out_of_range_clip_policy_warns_and_unknown_policy(net, method):
         INFERERS[method](out_of_range="ignore")
 
 
-COMMON_OPTIONS = [
-    ({"noise_type": "perlin"}, "perlin"),
+FRAME_OPTIONS = [
     ({"max_batch_size": 0}, "max_batch_size"),
-    ({"step_stride": 0}, "step_stride"),
     ({"evaluator_outputs": ("label",)}, "label"),
     ({"score_top_fraction": 0}, "score_top_fraction"),
     ({"score_top_fraction": 1.5}, "score_top_fraction"),
@@ -139,10 +138,13 @@ COMMON_OPTIONS = [
     ({"value_range": (1, 1)}, "value_range"),
     ({"model_range": (1, -1)}, "model_range"),
 ]
-LEVEL_OPTIONS = [
-    ({"noise_level": 0}, "outside [1, 999]"),
-    ({"noise_level": 1000}, "outside [1, 999]"),
-    ({"noise_level": -3}, "outside [1, 999]"),
+#: options of the partial-diffusion layer: refused with a ValueError when out of range, and by DISYRE (which has no
+#: noise) with a TypeError whatever their value
+DIFFUSION_OPTIONS = [
+    ({"noise_type": "perlin"}, "perlin"),
+    ({"step_stride": 0}, "step_stride"),
+    ({"noise_level": 0}, "noise_level=0 is outside [1, T - 1]"),
+    ({"noise_level": -3}, "noise_level=-3 is outside [1, T - 1]"),
     ({"noise_level": 2.5}, "integer"),
     ({"noise_level": True}, "integer"),
 ]
@@ -158,13 +160,67 @@ CONSTRUCTORS = {
 
 
 @pytest.mark.parametrize("method", sorted(INFERERS))
-@pytest.mark.parametrize("kwargs, match", COMMON_OPTIONS + LEVEL_OPTIONS)
+@pytest.mark.parametrize("kwargs, match", FRAME_OPTIONS + DIFFUSION_OPTIONS)
 def test_inferer_options_refused(method, kwargs, match):
-    if method == "disyre" and "noise_level" in kwargs:
-        pytest.skip("DISYRE sets no noise level")
-    with pytest.raises(ValueError) as info:
+    if method == "disyre" and (kwargs, match) in DIFFUSION_OPTIONS:
+        error, match = TypeError, next(iter(kwargs))  # DISYRE has no noise: the keyword itself is refused
+    else:
+        error = ValueError
+    with pytest.raises(error) as info:
         CONSTRUCTORS[method](**kwargs)
     assert match in str(info.value)
+
+
+#: settings that need the scheduler's T or kind: any scheduler constructs (as for the parent), detection refuses them
+DDIM = DDIMScheduler(num_train_timesteps=1000)
+SCHEDULER_SETTINGS = {
+    "ddpm noise_level": (
+        lambda: DDPMAnomalyInferer(SCHEDULER, noise_level=1000), ValueError,
+        "noise_level=1000 is outside [1, 999] for a scheduler with T=1000 training steps",
+    ),
+    "thor noise_level": (
+        lambda: THORInferer(SCHEDULER, noise_level=1000, harmonization_steps=(1,)), ValueError,
+        "noise_level=1000 is outside [1, 999]",
+    ),
+    "anoddpm noise_level": (lambda: AnoDDPMInferer(SCHEDULER, noise_level=5000), ValueError, "noise_level=5000"),
+    "autoddpm resample_level": (
+        lambda: AutoDDPMInferer(SCHEDULER, noise_level=2, resample_level=1000), ValueError,
+        "resample_level=1000 is outside [1, 999]",
+    ),
+    "disyre step_size": (lambda: DISYREInferer(step_size=101), ValueError, "step_size must be an integer in [1, T=100]"),
+    "disyre timesteps": (
+        lambda: DISYREInferer(timesteps=(500,)), ValueError, "timestep 500 must be an integer in [0, T=100]"
+    ),
+    "disyre not a scheduler": (
+        lambda: DISYREInferer(scheduler="ddpm"), TypeError,
+        "DISYREInferer needs a monai.networks.schedulers.DDPMScheduler, got str",
+    ),
+    **{
+        f"{cls.__name__} DDIM": (
+            lambda cls=cls: cls(DDIM), TypeError,
+            f"{cls.__name__} needs a monai.networks.schedulers.DDPMScheduler, got DDIMScheduler",
+        )
+        for cls in (DDPMAnomalyInferer, AnoDDPMInferer, THORInferer, AutoDDPMInferer, DISYREInferer)
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEDULER_SETTINGS))
+def test_settings_that_need_the_scheduler_are_refused_when_detection_runs(net, case):
+    """The constructor accepts them; validate_settings() and detect() refuse them before the network runs."""
+    make, error, match = SCHEDULER_SETTINGS[case]
+    inferer = make()
+    with pytest.raises(error) as info:
+        inferer.validate_settings()
+    assert match in str(info.value)
+    calls: list[int] = []
+    hook = net.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error) as info:
+            inferer.detect(X, net)
+    finally:
+        hook.remove()
+    assert match in str(info.value) and not calls
 
 
 METHOD_OPTIONS = [
@@ -188,7 +244,6 @@ METHOD_OPTIONS = [
     (DDPMAnomalyInferer, {"perceptual_sigma": NAN}, "sigma"),
     (DDPMAnomalyInferer, {"lpips_net": "resnet"}, "resnet"),
     (AutoDDPMInferer, {"resample_level": 0}, "resample_level"),
-    (AutoDDPMInferer, {"resample_level": 1000}, "resample_level"),
     (AutoDDPMInferer, {"resample_passes": 0}, "resample_passes"),
     (AutoDDPMInferer, {"mask_threshold": NAN}, "mask_threshold"),
     (AutoDDPMInferer, {"residual_percentile": 101}, "residual_percentile"),
@@ -212,16 +267,14 @@ def test_method_options_refused(cls, kwargs, match):
     "kwargs, error, match",
     [
         ({"step_size": 0}, ValueError, "step_size"),
-        ({"step_size": 101}, ValueError, "step_size"),
         ({"scoring": "best"}, ValueError, "best"),
         ({"update": "linear"}, ValueError, "linear"),
         ({"timesteps": (5, 10)}, ValueError, "descending"),
-        ({"timesteps": (500,)}, ValueError, "500"),
+        ({"timesteps": (-5,)}, ValueError, "-5"),
         ({"patch_size": 0}, ValueError, "patch_size"),
         ({"sw_overlap": 1.0}, ValueError, "sw_overlap"),
         ({"sw_sigma_scale": 0}, ValueError, "sw_sigma_scale"),
         ({"sw_batch_size": 0}, ValueError, "sw_batch_size"),
-        ({"scheduler": "ddpm"}, TypeError, "DDPMScheduler"),
     ],
 )
 def test_disyre_options_refused(kwargs, error, match):

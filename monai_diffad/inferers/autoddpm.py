@@ -13,13 +13,14 @@ import math
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import Scheduler
 from monai.utils import look_up_option
 from tqdm.auto import tqdm
 
-from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.base import DetectionBatch
+from monai_diffad.inferers.partial_diffusion import PartialDiffusionInferer, SeededNoise
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
-from monai_diffad.inferers.posterior import forward_step, posterior_step, predict_original
+from monai_diffad.inferers.posterior import forward_step
 from monai_diffad.maps import grey_dilation, per_image_quantile, percentile_normalize, residual_map
 
 __all__ = [
@@ -108,7 +109,7 @@ def stitch(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> t
     return torch.where(mask > 0, inside, outside)
 
 
-class AutoDDPMInferer(DiffusionAnomalyInferer):
+class AutoDDPMInferer(PartialDiffusionInferer):
     """AutoDDPM anomaly detection: mask, stitch and re-sample with one trained DDPM.
 
     Procedure (algorithms.md § AutoDDPM, reference-code parity by default), inputs x in [0, 1]:
@@ -128,9 +129,9 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
        the clamped in-painted image.
 
     Accelerated schedule (``step_stride`` s > 1): both stages visit the shared :meth:`reverse_schedule` levels
-    (L, L − s, …, 0 and R, R − s, …, 0). Each reconstruction and re-sampling step draws from the exact DDPM posterior
-    between two visited levels t > t' (:func:`~monai_diffad.inferers.posterior.posterior_step`), the known part is x
-    noised to t', and the jump back is the forward process from t' to t
+    (L, L − s, …, 0 and R, R − s, …, 0). Each reconstruction and re-sampling step is the shared
+    :meth:`~monai_diffad.inferers.partial_diffusion.PartialDiffusionInferer.reverse_step`, a draw from the exact DDPM
+    posterior between two visited levels t > t', the known part is x noised to t', and the jump back is the forward process from t' to t
     (:func:`~monai_diffad.inferers.posterior.forward_step`, 1 − β = ᾱ_t / ᾱ_t' for ``"t"`` and the reference's
     one-index shift ᾱ_{t−1} / ᾱ_{t'−1}, with ᾱ_{−1} = 1, for ``"t-1"``). s = 1 is the schedule above, bit for bit.
 
@@ -146,9 +147,9 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
     before clamping) ``(B, C, H, W)``, all in [0, 1] but the last.
 
     Args:
-        scheduler: the ``DDPMScheduler`` the network was trained with.
+        scheduler: the scheduler the network was trained with (detection needs a ``DDPMScheduler`` with T > L, R).
         noise_level: L, start level of the reconstruction (200).
-        resample_level: R, start level of the re-sampling (50), in [1, T − 1].
+        resample_level: R, start level of the re-sampling (50), in [1, T − 1] (T checked when detection runs).
         resample_passes: K, passes per re-sampling level (5), >= 1; K = 1 is plain stitched in-painting.
         mask_threshold: threshold of c (0.13); a negative value selects the per-image percentile rule.
         threshold_percentile: percentile of the per-image threshold rule (95).
@@ -160,8 +161,8 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
         perceptual: ``"lpips"`` or ``"ssim"`` (see :class:`~monai_diffad.inferers.perceptual_term.PerceptualTerm`).
         lpips_net: LPIPS backbone (``"squeeze"`` as in the reference).
         lpips_backbone_path: explicit backbone weights file.
-        kwargs: shared options of :class:`DiffusionAnomalyInferer` (``noise_type``, ``value_range``,
-            ``model_range``, ``max_batch_size``, ``step_stride`` for both stages, ...).
+        kwargs: options of :class:`~monai_diffad.inferers.partial_diffusion.PartialDiffusionInferer`
+            (``noise_type``, ``value_range``, ``model_range``, ``max_batch_size``, ``step_stride`` for both stages, ...).
 
     Raises:
         ValueError: an option is out of range or unknown.
@@ -177,7 +178,7 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
 
     def __init__(
         self,
-        scheduler: DDPMScheduler,
+        scheduler: Scheduler,
         noise_level: int | None = None,
         resample_level: int = 50,
         resample_passes: int = 5,
@@ -215,6 +216,16 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
         self.jump_beta_index = look_up_option(jump_beta_index, JUMP_BETA_INDICES)
         # the term is used raw (σ = 0): the reference neither smooths nor clips LPIPS here
         self.perceptual = PerceptualTerm(perceptual, lpips_net, lpips_backbone_path, sigma=0.0)
+
+    def validate_settings(self) -> None:
+        """The layer's checks, then ``resample_level`` < T.
+
+        Raises:
+            TypeError: the scheduler is not a ``DDPMScheduler``.
+            ValueError: ``noise_level`` or ``resample_level`` >= T.
+        """
+        super().validate_settings()
+        self.check_level_fits(self.resample_level, "resample_level")
 
     @property
     def num_network_calls(self) -> int:
@@ -296,33 +307,25 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
             The model's output of the last step (to level 0) inside ``mask`` (network range); outside it the caller
             keeps x. ⌈R / s⌉ × K calls.
         """
-        shape, batch, device = tuple(x_model.shape[1:]), x_model.shape[0], x_model.device
+        shape = tuple(x_model.shape[1:])
         level = self.resample_level
-        x_t = self.scheduler.add_noise(start_model, noise(shape, t=level), self._timesteps(level, batch, device))
+        x_t = self.noise_to_level(start_model, noise(shape, t=level), level)
         unknown = x_t
         schedule = self.reverse_schedule(level)
         steps = list(zip(schedule[:-1], schedule[1:]))  # (t, t'): no call at t = 0
         for t, prev_t in tqdm(steps, desc=f"{type(self).__name__} re-sampling", disable=not progress, leave=False):
             for k in range(self.resample_passes):
-                known = self.scheduler.add_noise(
-                    x_model, noise(shape, t=prev_t), self._timesteps(prev_t, batch, device)
-                )
-                model_output = self.call_network(diffusion_model, x_t, t)
-                x0_hat = predict_original(self.scheduler, model_output, t, x_t)
-                unknown = posterior_step(self.scheduler, x0_hat, x_t, t, prev_t, noise(shape, t=prev_t))
+                # the known part's noise is drawn before the step's: the streams' order is part of the result
+                known = self.noise_to_level(x_model, noise(shape, t=prev_t), prev_t)
+                _, unknown = self.reverse_step(diffusion_model, x_t, t, prev_t, noise)
                 x_t = stitch(mask, unknown, known)
                 if k < self.resample_passes - 1:
                     x_t = self.jump_back(x_t, t, noise(shape, t=t), prev_t)
         return unknown
 
-    def detect_batch(
-        self,
-        u: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        progress: bool,
-        return_intermediates: bool,
-    ) -> dict[str, Any]:
+    def detect_batch(self, batch: DetectionBatch, diffusion_model: torch.nn.Module) -> dict[str, Any]:
+        """AutoDDPM on ``batch.images``: reconstruct, mask, stitch and re-sample (steps 1-4 above)."""
+        u, noise, progress = batch.images, self.noise_streams(batch), batch.progress
         x_model = self.to_model(u)
         restored = self.partial_reverse(x_model, diffusion_model, noise, self.noise_level, progress=progress)
         reconstruction = self.from_model(restored).clamp(0.0, 1.0)
@@ -337,7 +340,7 @@ class AutoDDPMInferer(DiffusionAnomalyInferer):
             "pseudo_healthy": healthy,
             "intermediates": {},
         }
-        if return_intermediates:
+        if batch.return_intermediates:
             out["intermediates"] = {
                 "reconstruction": reconstruction,
                 "mask": c,

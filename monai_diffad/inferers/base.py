@@ -1,10 +1,16 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Shared detection machinery for diffusion anomaly detectors built on ``monai.inferers.DiffusionInferer``.
+"""The detection frame every anomaly detector of this package stands on, a ``monai.inferers.DiffusionInferer``.
 
-Every method here restores an input to a pseudo-healthy image and compares the two. What they share lives in this
-module: input validation, value-range mapping between the data and the network, per-image seeded noise, the
-partial-noising reverse loop from level L (which MONAI's ``DiffusionInferer.sample`` cannot do: it always walks
-the scheduler's full timestep list), slice-wise batching of 3D volumes and the image-level score.
+Every method restores an input to a pseudo-healthy image and compares the two. The frame holds what does not depend
+on how the restoration is done: input validation, value-range mapping between the data and the network, per-image
+seeds, slice-wise batching of 3D volumes in chunks, the network call (precision, memory format, compilation), the
+evaluator protocol ``inferer(inputs, model)`` and the image-level score. How a 2D batch is restored is the
+subclass's :meth:`DiffusionAnomalyInferer.detect_batch`; partial noising and its reverse loop live one layer up,
+in :mod:`monai_diffad.inferers.partial_diffusion`.
+
+Drop-in rule: the constructor accepts every scheduler the parent accepts, and the parent's calls
+(``inferer(inputs, model, noise, timesteps)``, ``sample``, ``get_likelihood``) are the parent's. What detection
+needs from the scheduler is checked when detection runs (:meth:`DiffusionAnomalyInferer.validate_settings`).
 """
 
 from __future__ import annotations
@@ -12,25 +18,22 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import DiffusionInferer
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler, Scheduler
 from monai.utils import look_up_option
 from tqdm.auto import tqdm
 
 from monai_diffad.inferers.output import AnomalyOutput
-from monai_diffad.inferers.posterior import posterior_step, predict_original
 from monai_diffad.maps.scoring import top_fraction_mean
-from monai_diffad.noise import NoiseType, make_noise
 
-__all__ = ["DiffusionAnomalyInferer", "SeededNoise", "StepCallback"]
-
-#: ``callback(t, x0_hat, x_prev) -> x_prev`` runs after each reverse step; THOR uses it to harmonize.
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = ["DetectionBatch", "DiffusionAnomalyInferer"]
 
 _OUT_OF_RANGE = ("error", "clip")
 _AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,72 +41,47 @@ _COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autot
 _MAX_SEED = 2**62
 
 
-class SeededNoise:
-    """Per-image noise streams, so the noise an image gets does not depend on batch size or on how a volume is split
-    into chunks (results still differ by float rounding: batched network kernels round differently per batch size).
+@dataclass(frozen=True)
+class DetectionBatch:
+    """One chunk of 2D images on its way through :meth:`DiffusionAnomalyInferer.detect_batch`.
 
-    Each image (or slice) owns a CPU ``torch.Generator`` seeded from an integer. Gaussian noise is drawn on the CPU and
-    moved to the target device, so CPU and CUDA runs use identical noise. Simplex noise draws its hash tables from
-    the same generators and evaluates every image's field in one pass on the target device (on CUDA it matches the
-    CPU fields to float rounding).
-
-    Args:
-        seeds: one integer seed per image in the batch.
-        noise_type: ``"gaussian"`` or ``"simplex"``.
-        device: device of the returned noise.
-        simplex_kwargs: extra options for :func:`monai_diffad.noise.simplex_noise` (e.g. ``normalize``).
+    Attributes:
+        images: ``(B, C, H, W)`` images (or volume slices) in [0, 1].
+        seeds: one noise seed per image, drawn by :meth:`DiffusionAnomalyInferer.draw_image_seeds` (a method
+            without noise ignores them).
+        progress: show tqdm bars.
+        return_intermediates: also return the method's intermediate tensors.
     """
 
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        noise_type: str,
-        device: torch.device,
-        simplex_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        self.noise_type = noise_type
-        self.device = device
-        self.simplex_kwargs = simplex_kwargs or {}
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-    def __call__(self, shape: Sequence[int], t: int = 0) -> torch.Tensor:
-        """Noise of shape ``(len(seeds), *shape)``; ``t`` is Simplex noise's third coordinate (ignored for Gaussian)."""
-        if self.noise_type == NoiseType.SIMPLEX:
-            shape = (len(self.generators), *shape)
-            return make_noise(
-                self.noise_type, shape, t=t, generator=self.generators, device=self.device,
-                simplex_kwargs=self.simplex_kwargs,
-            )  # fmt: skip
-        parts = [make_noise(self.noise_type, (1, *shape), generator=g) for g in self.generators]
-        return torch.cat(parts, dim=0).to(self.device)
+    images: torch.Tensor
+    seeds: tuple[int, ...]
+    progress: bool
+    return_intermediates: bool
 
 
 class DiffusionAnomalyInferer(DiffusionInferer):
-    """Base class: partial noising to level L, reverse diffusion to 0, and an anomaly map from input vs restoration.
+    """The detection frame: validation, value ranges, per-image seeds, 2D/3D slicing in chunks, the evaluator protocol
+    and the image score, around a method's restoration of a 2D batch (:meth:`detect_batch`).
 
     The parent's training call is unchanged: ``inferer(inputs, model, noise, timesteps)`` returns the network
-    prediction exactly as ``DiffusionInferer`` does, so every subclass is a drop-in in MONAI training loops. Called as
-    ``inferer(inputs, model)`` (what ``SupervisedEvaluator`` does), it runs :meth:`detect` and returns the outputs
-    named in ``evaluator_outputs`` stacked along the channel dimension.
+    prediction exactly as ``DiffusionInferer`` does, and ``sample``/``get_likelihood`` are the parent's, with any
+    scheduler, so every subclass is a drop-in in MONAI pipelines. Called as ``inferer(inputs, model)`` (what
+    ``SupervisedEvaluator`` does), it runs :meth:`detect` and returns the outputs named in ``evaluator_outputs``
+    stacked along the channel dimension.
 
     Args:
-        scheduler: the ``DDPMScheduler`` the network was trained with.
-        noise_level: L, the level the input is noised to; the reverse loop makes L + 1 network calls. In [1, T - 1].
-        noise_type: ``"gaussian"`` or ``"simplex"``, used to noise the input and in every reverse step.
+        scheduler: the scheduler the network was trained with. Any MONAI scheduler is accepted, as by the parent;
+            detection needs a ``DDPMScheduler`` (checked by :meth:`validate_settings` when detection runs).
         value_range: (low, high) intensity range of the inputs; maps are computed on inputs rescaled to [0, 1].
         model_range: (low, high) range the network was trained on (the references map [0, 1] to [-1, 1]).
         out_of_range: what to do with inputs outside ``value_range`` by more than 5 % of its width:
             ``"error"`` (default) or ``"clip"`` (with a ``RuntimeWarning``).
-        simplex_normalize: give Simplex noise unit variance (the references do not; raw std is about 0.5).
         max_batch_size: images (or volume slices) processed together; bounds memory for large volumes.
         score_top_fraction: the image-level score is the mean of this top fraction of map values.
         evaluator_outputs: fields stacked on the channel axis when called as ``inferer(inputs, model)``.
         progress: default of :meth:`detect`'s ``progress`` (tqdm bars), e.g. for bundle runs.
-        step_stride: visit every ``step_stride``-th level of the reverse process (L, L - s, ..., 0), each step drawing
-            from the exact DDPM posterior between the two levels: about ``step_stride`` times fewer network calls.
-            1 (default) is the papers' full schedule.
         precision: network precision: ``"fp32"`` (default), or ``"bf16"``/``"fp16"`` autocast (GPU speed-up; the
-            maps and the diffusion state stay float32).
+            maps and the restoration state stay float32).
         channels_last: feed the network channels-last tensors (convert the network too, with
             ``net.to(memory_format=torch.channels_last)``); helps convolutions on recent GPUs.
         compile_mode: run the network through ``torch.compile(network, mode=compile_mode)``, compiled once per
@@ -112,42 +90,27 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             ``"max-autotune"`` or ``"max-autotune-no-cudagraphs"``. The first calls pay the compilation.
 
     Raises:
-        TypeError: ``scheduler`` is not a ``DDPMScheduler``.
         ValueError: an option is out of range or unknown.
     """
 
-    default_noise_level: int = 350
-    default_noise_type: str = NoiseType.GAUSSIAN
-
     def __init__(
         self,
-        scheduler: DDPMScheduler,
-        noise_level: int | None = None,
-        noise_type: str | None = None,
+        scheduler: Scheduler,
         value_range: Sequence[float] = (0.0, 1.0),
         model_range: Sequence[float] = (-1.0, 1.0),
         out_of_range: str = "error",
-        simplex_normalize: bool = False,
         max_batch_size: int = 32,
         score_top_fraction: float = 0.01,
         evaluator_outputs: Sequence[str] = ("anomaly_map",),
         progress: bool = False,
-        step_stride: int = 1,
         precision: str = "fp32",
         channels_last: bool = False,
         compile_mode: str | None = None,
     ) -> None:
-        if not isinstance(scheduler, DDPMScheduler):
-            raise TypeError(
-                f"{type(self).__name__} needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}."
-            )
         super().__init__(scheduler)
-        self.noise_type = str(look_up_option(self.default_noise_type if noise_type is None else noise_type, NoiseType))
-        self.noise_level = self._check_level(self.default_noise_level if noise_level is None else noise_level)
         self.value_range = self._check_range(value_range, "value_range")
         self.model_range = self._check_range(model_range, "model_range")
         self.out_of_range = look_up_option(out_of_range, _OUT_OF_RANGE)
-        self.simplex_normalize = bool(simplex_normalize)
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}.")
         self.max_batch_size = int(max_batch_size)
@@ -158,29 +121,57 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             look_up_option(name, ("anomaly_map", "pseudo_healthy"))
         self.evaluator_outputs = tuple(evaluator_outputs)
         self.progress = bool(progress)
-        if isinstance(step_stride, bool) or int(step_stride) < 1:
-            raise ValueError(f"step_stride must be a positive integer, got {step_stride!r}.")
-        self.step_stride = int(step_stride)
         self.precision = look_up_option(precision, tuple(_AUTOCAST_DTYPES))
         self.channels_last = bool(channels_last)
         self.compile_mode = look_up_option(compile_mode, _COMPILE_MODES)
         self._compiled: weakref.WeakKeyDictionary[torch.nn.Module, Callable] = weakref.WeakKeyDictionary()
 
+    # ------------------------------------------------------------------ what a method declares
+    @property
+    @abstractmethod
+    def num_network_calls(self) -> int:
+        """Network calls one :meth:`detect_batch` makes on a batch of whole images (one chunk of up to
+        ``max_batch_size`` images or volume slices), whatever the batch size: a volume of D slices costs
+        ``ceil(D / max_batch_size)`` times this."""
+
+    @abstractmethod
+    def detect_batch(self, batch: DetectionBatch, diffusion_model: torch.nn.Module) -> dict[str, Any]:
+        """Method-specific detection on one chunk of 2D images (``batch.images`` ``(B, C, H, W)`` in [0, 1]).
+
+        Returns:
+            ``anomaly_map`` ``(B, 1, H, W)`` in [0, 1], ``pseudo_healthy`` ``(B, C, H, W)`` in [0, 1] and
+            ``intermediates`` (a dict of tensors, empty unless ``batch.return_intermediates``).
+        """
+
     # ------------------------------------------------------------------ validation helpers
     @property
     def num_train_timesteps(self) -> int:
+        """T, the scheduler's number of training steps."""
         return int(self.scheduler.num_train_timesteps)
 
-    def _check_level(self, level: int, name: str = "noise_level") -> int:
-        if isinstance(level, bool) or not float(level).is_integer():
-            raise ValueError(f"{name} must be an integer, got {level!r}.")
-        level = int(level)
-        if not 1 <= level <= self.num_train_timesteps - 1:
-            raise ValueError(
-                f"{name}={level} is outside [1, {self.num_train_timesteps - 1}] for a scheduler with "
-                f"T={self.num_train_timesteps} training steps."
+    def detection_scheduler(self) -> DDPMScheduler:
+        """The scheduler, which detection reads as a ``DDPMScheduler`` (its ᾱ tables and posterior).
+
+        Raises:
+            TypeError: the scheduler is of another kind (the parent's calls still take it).
+        """
+        if not isinstance(self.scheduler, DDPMScheduler):
+            raise TypeError(
+                f"{type(self).__name__} needs a monai.networks.schedulers.DDPMScheduler, "
+                f"got {type(self.scheduler).__name__}."
             )
-        return level
+        return self.scheduler
+
+    def validate_settings(self) -> None:
+        """Check what detection needs from the scheduler: a ``DDPMScheduler`` here; subclasses add the settings that
+        depend on its T (noise levels, steps). :meth:`detect` runs it first; call it to refuse settings before any
+        data is read.
+
+        Raises:
+            TypeError: the scheduler is not a ``DDPMScheduler``.
+            ValueError: a setting does not fit the scheduler (subclasses).
+        """
+        self.detection_scheduler()
 
     @staticmethod
     def _check_range(value: Sequence[float], name: str) -> tuple[float, float]:
@@ -291,10 +282,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         lo, hi = self.model_range
         return (y - lo) / (hi - lo)
 
-    # ------------------------------------------------------------------ diffusion
-    def _timesteps(self, t: int, batch: int, device: torch.device) -> torch.Tensor:
-        return torch.full((batch,), t, device=device, dtype=torch.long)
-
+    # ------------------------------------------------------------------ the network
     def call_network(self, network: torch.nn.Module, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """``network(x, timesteps=t)`` with the configured precision and memory format; returns float32.
 
@@ -318,66 +306,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             self._compiled[network] = torch.compile(network, mode=self.compile_mode)
         return self._compiled[network]
 
-    def reverse_schedule(self, start: int) -> list[int]:
-        """Timesteps visited by the reverse loop from ``start`` down to 0 (each is one network call).
-
-        With ``step_stride`` s: ``start, start - s, ...`` and always 0 last, so the final x̂0 comes from t = 0.
-        """
-        steps = list(range(start, -1, -self.step_stride))
-        return steps if steps[-1] == 0 else [*steps, 0]
-
-    @torch.no_grad()
-    def partial_reverse(
-        self,
-        x_model: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        start: int,
-        initial_noise: torch.Tensor | None = None,
-        callback: StepCallback | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """Noise ``x_model`` to level ``start`` and run the reverse process to 0 (``len(reverse_schedule(start))`` calls).
-
-        Args:
-            x_model: clean inputs in the network's range, ``(B, C, H, W)``.
-            diffusion_model: the epsilon-prediction network ``model(x, timesteps=...)``.
-            noise: per-image noise streams for the forward noise (when ``initial_noise`` is None) and every step.
-            start: the noise level L.
-            initial_noise: forward noise ε0 to use; drawn from ``noise`` at ``t = start`` when None.
-            callback: called after each step with ``(t, x0_hat, x_prev)``; returns the state to continue from.
-            progress: show a tqdm bar over the steps.
-
-        Returns:
-            The restored image in the network's range (the final x̂0 posterior mean).
-        """
-        shape = tuple(x_model.shape[1:])
-        eps0 = noise(shape, t=start) if initial_noise is None else initial_noise
-        x_t = self.scheduler.add_noise(x_model, eps0, self._timesteps(start, x_model.shape[0], x_model.device))
-        schedule = self.reverse_schedule(start)
-        bar = tqdm(schedule, desc=type(self).__name__, disable=not progress, leave=False)
-        for i, t in enumerate(bar):
-            prev_t = schedule[i + 1] if i + 1 < len(schedule) else -1
-            model_output = self.call_network(diffusion_model, x_t, t)
-            x0_hat = predict_original(self.scheduler, model_output, t, x_t)
-            step_noise = noise(shape, t=prev_t) if prev_t >= 0 else None
-            x_prev = posterior_step(self.scheduler, x0_hat, x_t, t, prev_t, step_noise)
-            x_t = callback(t, x0_hat, x_prev) if callback is not None else x_prev
-        return x_t
-
     # ------------------------------------------------------------------ detection
-    def detect_batch(
-        self,
-        u: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        progress: bool,
-        return_intermediates: bool,
-    ) -> dict[str, Any]:
-        """Method-specific detection on a 2D batch ``u`` in [0, 1]; returns ``anomaly_map`` (B,1,H,W) in [0, 1],
-        ``pseudo_healthy`` (B,C,H,W) in [0, 1] and optional ``intermediates``. Subclasses implement it."""
-        raise NotImplementedError
-
     def draw_image_seeds(self, count: int, generator: torch.Generator | None) -> list[int]:
         """The per-image noise seeds :meth:`detect` draws from ``generator``: one per image (or volume), in order.
 
@@ -416,10 +345,12 @@ class DiffusionAnomalyInferer(DiffusionInferer):
             ``value_range`` and ``score`` ``(B,)``.
 
         Raises:
-            TypeError: ``inputs``, ``mask`` or ``generator`` of the wrong type.
-            ValueError: invalid inputs, mask, or inputs the network cannot take (see :meth:`validate_inputs`,
-                :meth:`validate_mask`, :meth:`validate_network`).
+            TypeError: ``inputs``, ``mask`` or ``generator`` of the wrong type, or a scheduler detection cannot use.
+            ValueError: settings that do not fit the scheduler (:meth:`validate_settings`), invalid inputs, mask, or
+                inputs the network cannot take (see :meth:`validate_inputs`, :meth:`validate_mask`,
+                :meth:`validate_network`).
         """
+        self.validate_settings()
         u = self.validate_inputs(inputs)
         if mask is not None:
             self.validate_mask(mask, u)
@@ -459,17 +390,13 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         progress: bool,
         return_intermediates: bool,
     ) -> dict[str, Any]:
+        """:meth:`detect_batch` over chunks of ``max_batch_size`` images of ``u`` ``(N, C, H, W)``, concatenated."""
         chunks = []
         starts = range(0, u.shape[0], self.max_batch_size)
         for start in tqdm(starts, desc="batches", disable=not progress or len(starts) == 1, leave=False):
             part = u[start : start + self.max_batch_size]
-            noise = SeededNoise(
-                seeds[start : start + part.shape[0]],
-                self.noise_type,
-                part.device,
-                {"normalize": self.simplex_normalize},
-            )
-            chunks.append(self.detect_batch(part, diffusion_model, noise, progress, return_intermediates))
+            batch = DetectionBatch(part, tuple(seeds[start : start + part.shape[0]]), progress, return_intermediates)
+            chunks.append(self.detect_batch(batch, diffusion_model))
         merged: dict[str, Any] = {
             key: torch.cat([c[key] for c in chunks], dim=0) for key in ("anomaly_map", "pseudo_healthy")
         }

@@ -3,21 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import Scheduler
 from monai.utils import look_up_option
 
-from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.base import DetectionBatch
+from monai_diffad.inferers.partial_diffusion import PartialDiffusionInferer
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
 from monai_diffad.maps import residual_map
 
 __all__ = ["DDPMAnomalyInferer", "AnoDDPMInferer"]
 
 
-class DDPMAnomalyInferer(DiffusionAnomalyInferer):
+class DDPMAnomalyInferer(PartialDiffusionInferer):
     """Reconstruction-based detection: noise the input to level L, denoise to 0, map the residual.
 
     ``anomaly_map = |x - x̂|`` (``residual="l1"``) or ``(x - x̂)²`` (``"l2"``), on images in [0, 1]; with
@@ -25,7 +25,7 @@ class DDPMAnomalyInferer(DiffusionAnomalyInferer):
     (``clip(G_σ * P(x̂, x), 0, 1)``). Network calls per image batch: L + 1.
 
     Args:
-        scheduler: the ``DDPMScheduler`` the network was trained with.
+        scheduler: the scheduler the network was trained with (detection needs a ``DDPMScheduler``).
         residual: ``"l1"`` or ``"l2"``.
         perceptual_weighting: multiply the residual by the perceptual term.
         perceptual: ``"lpips"`` (real LPIPS when its backbone file is present, else the documented offline
@@ -33,13 +33,13 @@ class DDPMAnomalyInferer(DiffusionAnomalyInferer):
         lpips_net: LPIPS backbone, ``"squeeze"`` (references), ``"alex"`` or ``"vgg"``.
         lpips_backbone_path: path of the torchvision backbone weights, overriding the torch hub cache.
         perceptual_sigma: σ of the Gaussian smoothing of the perceptual term.
-        kwargs: shared options of :class:`DiffusionAnomalyInferer` (``noise_level``, ``noise_type``,
-            ``value_range``, ...). Defaults: L = 350, Gaussian noise.
+        kwargs: options of :class:`~monai_diffad.inferers.partial_diffusion.PartialDiffusionInferer` (``noise_level``,
+            ``noise_type``, ``step_stride``, ``value_range``, ...). Defaults: L = 350, Gaussian noise.
     """
 
     def __init__(
         self,
-        scheduler: DDPMScheduler,
+        scheduler: Scheduler,
         residual: str = "l1",
         perceptual_weighting: bool = False,
         perceptual: str = "lpips",
@@ -53,15 +53,12 @@ class DDPMAnomalyInferer(DiffusionAnomalyInferer):
         self.perceptual_weighting = bool(perceptual_weighting)
         self.perceptual = PerceptualTerm(perceptual, lpips_net, lpips_backbone_path, perceptual_sigma)
 
-    def detect_batch(
-        self,
-        u: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        progress: bool,
-        return_intermediates: bool,
-    ) -> dict[str, Any]:
-        restored = self.partial_reverse(self.to_model(u), diffusion_model, noise, self.noise_level, progress=progress)
+    def detect_batch(self, batch: DetectionBatch, diffusion_model: torch.nn.Module) -> dict[str, Any]:
+        """Reconstruct ``batch.images`` from level L and map the (perceptually weighted) residual."""
+        u, noise = batch.images, self.noise_streams(batch)
+        restored = self.partial_reverse(
+            self.to_model(u), diffusion_model, noise, self.noise_level, progress=batch.progress
+        )
         healthy = self.from_model(restored).clamp(0.0, 1.0)
         amap = residual_map(healthy, u, kind=self.residual)
         if self.perceptual_weighting:
@@ -78,7 +75,7 @@ class AnoDDPMInferer(DDPMAnomalyInferer):
     (:func:`monai_diffad.noise.simplex_noise`).
 
     Args:
-        scheduler: the ``DDPMScheduler`` the network was trained with.
+        scheduler: the scheduler the network was trained with (detection needs a ``DDPMScheduler``).
         residual: ``"l2"`` (paper) or ``"l1"``.
         kwargs: options of :class:`DDPMAnomalyInferer`.
     """
@@ -86,5 +83,5 @@ class AnoDDPMInferer(DDPMAnomalyInferer):
     default_noise_level = 249
     default_noise_type = "simplex"
 
-    def __init__(self, scheduler: DDPMScheduler, residual: str = "l2", **kwargs: Any) -> None:
+    def __init__(self, scheduler: Scheduler, residual: str = "l2", **kwargs: Any) -> None:
         super().__init__(scheduler, residual=residual, **kwargs)

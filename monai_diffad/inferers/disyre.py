@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import Scheduler
 from monai.utils import ensure_tuple_rep, look_up_option
 from tqdm.auto import tqdm
 
-from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
 from monai_diffad.inferers.disyre_schedule import (
     UPDATE_RULES,
+    check_step_size,
     check_timesteps,
     corruption_alphas,
     disyre_scheduler,
@@ -82,8 +83,11 @@ class DISYREInferer(DiffusionAnomalyInferer):
     """DISYRE anomaly detection and training helpers, as a ``monai.inferers.DiffusionInferer``.
 
     The parent's calls keep their meaning: ``inferer(inputs, model, noise, timesteps)``, ``sample`` and
-    ``get_likelihood`` are ``DiffusionInferer``'s, run with the DDPM ``scheduler`` given here (by default the table
-    DISYRE's α_t comes from, configured for x0 prediction). DISYRE itself never uses noise; its own methods are:
+    ``get_likelihood`` are ``DiffusionInferer``'s, run with the ``scheduler`` given here (any scheduler the parent
+    takes; by default the DDPM table DISYRE's α_t comes from, configured for x0 prediction). DISYRE itself never uses
+    noise: it stands on the detection frame alone, without the partial-diffusion layer's noise type, noise level or
+    step stride (passing ``noise_type``, ``noise_level``, ``step_stride`` or ``simplex_normalize`` is a
+    ``TypeError``). Its own methods are:
 
     - :meth:`corrupt` — the synthetic forward process x_t = (1 − α_t·m)·x0 + α_t·m·x_fp (deterministic);
     - :meth:`training_loss` — a random corruption of a batch and the MSE between P(x_t, t) and x0;
@@ -102,12 +106,14 @@ class DISYREInferer(DiffusionAnomalyInferer):
     pixels (``foreground_weighting``, reference evaluation).
 
     Args:
-        scheduler: DDPM scheduler for the parent's calls and the α_t table; ``None`` uses
+        scheduler: scheduler for the parent's calls and, when it is a ``DDPMScheduler``, the α_t table that
+            detection and training read (checked when they run); ``None`` uses
             :func:`~monai_diffad.inferers.disyre_schedule.disyre_scheduler` (T = 100, β 1e-3 → 0.2).
-        step_size: s, in [1, T] (paper 25).
+        step_size: s, in [1, T] (paper 25; T checked when detection runs).
         scoring: one of :data:`DISYRE_SCORING`.
         update: one of ``UPDATE_RULES`` (``"paper"`` or ``"cold"``), for ``"multi_step"``.
-        timesteps: explicit strictly descending timesteps in [0, T] instead of T, T − s, …
+        timesteps: explicit strictly descending timesteps in [0, T] instead of T, T − s, … (T checked when
+            detection runs).
         patch_size: the training patch ``(H, W)``; larger (or differently shaped) images go through
             ``monai.inferers.sliding_window_inference`` with this window. ``None``: whole images.
         sw_overlap: window overlap (reference: stride 32 for 128 windows, 0.75).
@@ -117,17 +123,20 @@ class DISYREInferer(DiffusionAnomalyInferer):
         foreground_weighting: multiply the map by the fraction of non-zero pixels (reference evaluation).
         value_range: intensity range of the inputs (mapped to [0, 1], where corruption and restoration happen).
         model_range: range the network was trained on (DISYRE trains on [0, 1]).
-        corruption: the random corruption used by :meth:`training_loss`; built from the α_t table when ``None``.
-        kwargs: other options of :class:`DiffusionAnomalyInferer` (``out_of_range``, ``max_batch_size``, ...).
+        corruption: the random corruption used by :meth:`training_loss` (its table must have T + 1 entries, checked
+            when it is used); built from the α_t table on first use when ``None``.
+        kwargs: other options of the detection frame :class:`DiffusionAnomalyInferer` (``out_of_range``,
+            ``max_batch_size``, ``precision``, ...).
 
     Raises:
-        TypeError: ``scheduler`` is not a ``DDPMScheduler``.
+        TypeError: an option of the partial-diffusion layer (``noise_type``, ``step_stride``, ...) or another unknown
+            keyword.
         ValueError: an option is out of range or unknown.
     """
 
     def __init__(
         self,
-        scheduler: DDPMScheduler | None = None,
+        scheduler: Scheduler | None = None,
         step_size: int = 25,
         scoring: str = "multi_step",
         update: str = "paper",
@@ -143,26 +152,17 @@ class DISYREInferer(DiffusionAnomalyInferer):
         corruption: RandForeignPatchCorruption | None = None,
         **kwargs: Any,
     ) -> None:
-        scheduler = disyre_scheduler() if scheduler is None else scheduler
-        if not isinstance(scheduler, DDPMScheduler):
-            raise TypeError(
-                f"DISYREInferer needs a monai.networks.schedulers.DDPMScheduler, got {type(scheduler).__name__}."
-            )
-        # DISYRE adds no noise: the base's noise level is unused and set to a valid placeholder
         super().__init__(
-            scheduler,
-            noise_level=int(scheduler.num_train_timesteps) - 1,
+            disyre_scheduler() if scheduler is None else scheduler,
             value_range=value_range,
             model_range=model_range,
             **kwargs,
         )
-        self.alphas = corruption_alphas(scheduler)
-        t_max = self.num_train_timesteps
-        restoration_timesteps(t_max, step_size)  # validates the step size
-        self.step_size = int(step_size)
+        # the bounds that need T (step_size <= T, timesteps <= T) wait for validate_settings
+        self.step_size = check_step_size(step_size)
         self.scoring = look_up_option(scoring, DISYRE_SCORING)
         self.update = look_up_option(update, UPDATE_RULES)
-        self.timesteps = None if timesteps is None else check_timesteps(timesteps, t_max)
+        self.timesteps = None if timesteps is None else check_timesteps(timesteps)
         self.patch_size = None if patch_size is None else tuple(int(p) for p in ensure_tuple_rep(patch_size, 2))
         if self.patch_size is not None and min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be positive, got {patch_size!r}.")
@@ -176,11 +176,47 @@ class DISYREInferer(DiffusionAnomalyInferer):
         self.sw_batch_size = int(sw_batch_size)
         self.foreground_mask = bool(foreground_mask)
         self.foreground_weighting = bool(foreground_weighting)
-        if corruption is not None and len(corruption.alphas) != t_max + 1:
-            raise ValueError(f"corruption has T={corruption.num_steps}, the scheduler T={t_max}.")
-        self.corruption = RandForeignPatchCorruption(alphas=self.alphas) if corruption is None else corruption
+        self._corruption = corruption
 
     # ------------------------------------------------------------------ schedule
+    def validate_settings(self) -> None:
+        """The frame's scheduler check, then ``step_size``, ``timesteps`` and ``corruption`` against its T.
+
+        Raises:
+            TypeError: the scheduler is not a ``DDPMScheduler``.
+            ValueError: ``step_size`` > T, a timestep > T, or a ``corruption`` table of another T.
+        """
+        super().validate_settings()
+        t_max = self.num_train_timesteps
+        check_step_size(self.step_size, t_max)
+        if self.timesteps is not None:
+            check_timesteps(self.timesteps, t_max)
+        if self._corruption is not None and len(self._corruption.alphas) != t_max + 1:
+            raise ValueError(f"corruption has T={self._corruption.num_steps}, the scheduler T={t_max}.")
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """α_t for t = 0 … T, ``(T + 1,)``, from the scheduler's table (read on use: any scheduler constructs).
+
+        Raises:
+            TypeError: the scheduler is not a ``DDPMScheduler``.
+        """
+        return corruption_alphas(self.detection_scheduler())
+
+    @property
+    def corruption(self) -> RandForeignPatchCorruption:
+        """The random corruption of :meth:`training_loss`: the one given, or one built from :attr:`alphas` on first
+        use and kept (so its random state carries over between calls)."""
+        if self._corruption is None:
+            self._corruption = RandForeignPatchCorruption(alphas=self.alphas)
+        return self._corruption
+
+    @property
+    def num_network_calls(self) -> int:
+        """One call per restoration step (4 for T = 100, s = 25) on whole images; with ``patch_size`` and larger
+        images, that many per batch of ``sw_batch_size`` windows."""
+        return len(self.restoration_steps())
+
     def restoration_steps(self) -> list[int]:
         """Descending timesteps of the network calls (T = 100, s = 25: [100, 75, 50, 25])."""
         if self.timesteps is not None:
@@ -245,7 +281,12 @@ class DISYREInferer(DiffusionAnomalyInferer):
 
         Returns:
             Scalar loss with gradients.
+
+        Raises:
+            TypeError, ValueError: settings that do not fit the scheduler (:meth:`validate_settings`) or invalid
+                images.
         """
+        self.validate_settings()
         u = self.validate_inputs(x0)
         if u.ndim != 4:
             raise ValueError(f"training_loss needs 2D images (B, C, H, W), got {tuple(x0.shape)}.")
@@ -321,15 +362,9 @@ class DISYREInferer(DiffusionAnomalyInferer):
             "maps": blended["maps"].reshape(b, k, 1, h, w),
         }
 
-    def detect_batch(
-        self,
-        u: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        progress: bool,
-        return_intermediates: bool,
-    ) -> dict[str, Any]:
-        """DISYRE on a 2D batch in [0, 1] (``noise`` is unused: the method is deterministic)."""
+    def detect_batch(self, batch: DetectionBatch, diffusion_model: torch.nn.Module) -> dict[str, Any]:
+        """DISYRE on ``batch.images`` in [0, 1] (``batch.seeds`` are unused: the method is deterministic)."""
+        u, progress = batch.images, batch.progress
         if self.patch_size is None or tuple(u.shape[2:]) == self.patch_size:
             out = self.restore(u, diffusion_model, progress)
         else:
@@ -341,7 +376,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
         if self.foreground_weighting:
             amap = amap * foreground.flatten(1).mean(dim=1).reshape(-1, 1, 1, 1)
         result: dict[str, Any] = {"anomaly_map": amap, "pseudo_healthy": out["pseudo_healthy"], "intermediates": {}}
-        if return_intermediates:
+        if batch.return_intermediates:
             result["intermediates"] = {
                 "timesteps": torch.tensor(self.restoration_steps()),
                 "x0": out["x0"],

@@ -28,6 +28,7 @@ from monai.utils import look_up_option
 __all__ = [
     "DISYRE_NUM_STEPS",
     "UPDATE_RULES",
+    "check_step_size",
     "check_timesteps",
     "disyre_scheduler",
     "corruption_alphas",
@@ -122,6 +123,19 @@ def reference_timestep(alpha: torch.Tensor, scheduler: DDPMScheduler) -> torch.T
     return (root[None, :] - alpha.float().reshape(-1, 1)).abs().argmin(dim=1)
 
 
+def check_step_size(step_size: int, num_steps: int | None = None) -> int:
+    """``step_size`` as an int, refused unless an integer in [1, T] (only >= 1 when ``num_steps`` T is ``None``).
+
+    Raises:
+        ValueError: ``step_size`` is not an integer in range.
+    """
+    upper = float("inf") if num_steps is None else int(num_steps)
+    if isinstance(step_size, bool) or not float(step_size).is_integer() or not 1 <= int(step_size) <= upper:
+        raise ValueError(f"step_size must be an integer in [1, T={'T' if num_steps is None else num_steps}], "
+                         f"got {step_size!r}.")
+    return int(step_size)
+
+
 def restoration_timesteps(num_steps: int, step_size: int) -> list[int]:
     """Timesteps at which Algorithm 1 calls the network: T, T − s, … while > 0 (T = 100, s = 25: 100, 75, 50, 25).
 
@@ -135,9 +149,7 @@ def restoration_timesteps(num_steps: int, step_size: int) -> list[int]:
     Raises:
         ValueError: ``step_size`` outside [1, T].
     """
-    if isinstance(step_size, bool) or not float(step_size).is_integer() or not 1 <= int(step_size) <= int(num_steps):
-        raise ValueError(f"step_size must be an integer in [1, T={num_steps}], got {step_size!r}.")
-    return list(range(int(num_steps), 0, -int(step_size)))
+    return list(range(int(num_steps), 0, -check_step_size(step_size, num_steps)))
 
 
 def restoration_update(
@@ -169,12 +181,18 @@ def restoration_update(
     return out.clamp(0.0, 1.0)
 
 
-def check_timesteps(timesteps: Sequence[int], num_steps: int) -> tuple[int, ...]:
-    """Validate an explicit, strictly descending list of timesteps in [0, T]."""
+def check_timesteps(timesteps: Sequence[int], num_steps: int | None = None) -> tuple[int, ...]:
+    """Validate an explicit, strictly descending list of timesteps in [0, T] (only >= 0 when ``num_steps`` T is
+    ``None``).
+
+    Raises:
+        ValueError: a timestep is not an integer in range, or the list is empty or not strictly descending.
+    """
+    upper = float("inf") if num_steps is None else int(num_steps)
     values = []
     for t in timesteps:
-        if isinstance(t, bool) or not float(t).is_integer() or not 0 <= int(t) <= int(num_steps):
-            raise ValueError(f"timestep {t!r} must be an integer in [0, T={num_steps}].")
+        if isinstance(t, bool) or not float(t).is_integer() or not 0 <= int(t) <= upper:
+            raise ValueError(f"timestep {t!r} must be an integer in [0, T={'T' if num_steps is None else num_steps}].")
         values.append(int(t))
     if not values or any(a <= b for a, b in zip(values, values[1:])):
         raise ValueError(f"timesteps must be a non-empty, strictly descending list, got {list(timesteps)}.")

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import Scheduler
 from monai.utils import look_up_option
 
-from monai_diffad.inferers.base import DiffusionAnomalyInferer, SeededNoise
+from monai_diffad.inferers.base import DetectionBatch
+from monai_diffad.inferers.partial_diffusion import PartialDiffusionInferer
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
 from monai_diffad.maps import grey_closing, grey_dilation, harmonic_mean, normalize_by_max, residual_map
 
@@ -55,7 +56,7 @@ def harmonize(x0_hat: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) 
     return (weight * x0_hat + (1 - weight) * inputs).clamp(0.0, 1.0)
 
 
-class THORInferer(DiffusionAnomalyInferer):
+class THORInferer(PartialDiffusionInferer):
     """THOR anomaly detection with a DDPM, Gaussian or Simplex variant.
 
     Procedure (algorithms.md § THOR, reference code parity by default), inputs x in [0, 1]:
@@ -75,7 +76,7 @@ class THORInferer(DiffusionAnomalyInferer):
     ``noise_level``/``harmonization_steps`` are given.
 
     Args:
-        scheduler: the ``DDPMScheduler`` the network was trained with.
+        scheduler: the scheduler the network was trained with (detection needs a ``DDPMScheduler`` with T > L).
         noise_type: ``"gaussian"`` or ``"simplex"``.
         noise_level: L; default per variant.
         harmonization_steps: H, steps in [0, L]; default per variant; empty gives the plain DDPM reconstruction.
@@ -90,12 +91,13 @@ class THORInferer(DiffusionAnomalyInferer):
         final_maps: ``"recorded"`` or ``"harmonization"``.
         map_clip: upper clip of the final map (0.999 in the reference).
         renoise_level: ``"t"`` (reference) or ``"t-1"`` (the level of the next visited step).
-        kwargs: shared options of :class:`DiffusionAnomalyInferer` (``value_range``, ``model_range``, ...).
+        kwargs: options of :class:`~monai_diffad.inferers.partial_diffusion.PartialDiffusionInferer`
+            (``step_stride``, ``value_range``, ``model_range``, ...).
     """
 
     def __init__(
         self,
-        scheduler: DDPMScheduler,
+        scheduler: Scheduler,
         noise_type: str = "gaussian",
         noise_level: int | None = None,
         harmonization_steps: Sequence[int] | None = None,
@@ -162,14 +164,9 @@ class THORInferer(DiffusionAnomalyInferer):
         """The harmonization weight M for this inferer's kernel settings."""
         return harmonization_mask(anomaly_map, self.closing_size, self.dilation_size, self.kernel_shape)
 
-    def detect_batch(
-        self,
-        u: torch.Tensor,
-        diffusion_model: torch.nn.Module,
-        noise: SeededNoise,
-        progress: bool,
-        return_intermediates: bool,
-    ) -> dict[str, Any]:
+    def detect_batch(self, batch: DetectionBatch, diffusion_model: torch.nn.Module) -> dict[str, Any]:
+        """THOR on ``batch.images``: the reverse loop from L, harmonized after the steps of H (step 2 above)."""
+        u, noise, return_intermediates = batch.images, self.noise_streams(batch), batch.return_intermediates
         record = set(self.recorded_steps())
         harmonize_at = set(self.active_harmonization_steps())
         schedule = self.reverse_schedule(self.noise_level)
@@ -190,11 +187,11 @@ class THORInferer(DiffusionAnomalyInferer):
                 return x_prev
             blended = harmonize(x0_hat, u, self.blend_weight(maps[t]))
             level = t if self.renoise_level == "t" else next_level[t]
-            return self.scheduler.add_noise(self.to_model(blended), eps0, self._timesteps(level, u.shape[0], u.device))
+            return self.noise_to_level(self.to_model(blended), eps0, level)
 
         restored = self.partial_reverse(
             self.to_model(u), diffusion_model, noise, self.noise_level, initial_noise=eps0, callback=on_step,
-            progress=progress,
+            progress=batch.progress,
         )
         final_steps = sorted(maps, reverse=True) if self.final_maps == "recorded" else sorted(harmonize_at, reverse=True)
         amap = harmonic_mean([maps[t] for t in final_steps]).clamp(max=self.map_clip)
