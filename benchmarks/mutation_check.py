@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = "monai_diffad/inferers/base.py"
+PARTIAL = "monai_diffad/inferers/partial_diffusion.py"
 NETWORK_CALL = "            out = network(x, timesteps=steps)\n"
 
 
@@ -73,12 +74,12 @@ MUTATIONS = (
         ("tests/test_inferers.py", "tests/test_determinism.py"),
     ),
     Mutation(
-        "gaussian_streams_shared", "each image draws Gaussian noise from its own stream", BASE,
+        "gaussian_streams_shared", "each image draws Gaussian noise from its own stream", PARTIAL,
         "generator=g) for g in self.generators]", "generator=self.generators[0]) for g in self.generators]",
         ("tests/test_inferers.py", "tests/test_determinism.py"),
     ),
     Mutation(
-        "simplex_streams_shared", "each image draws Simplex noise from its own stream", BASE,
+        "simplex_streams_shared", "each image draws Simplex noise from its own stream", PARTIAL,
         "t=t, generator=self.generators, device=self.device,",
         "t=t, generator=self.generators[:1] * len(self.generators), device=self.device,",
         ("tests/test_inferers.py", "tests/test_determinism.py"),

@@ -41,7 +41,7 @@ def partial_noise_reconstruct(
 
     The forward noise and the noise of every reverse step are of ``noise_type``, drawn from per-image streams
     (image ``i`` uses seed ``seed + i``), exactly as the inferers draw them
-    (:meth:`~monai_diffad.inferers.DiffusionAnomalyInferer.partial_reverse`).
+    (:meth:`~monai_diffad.inferers.PartialDiffusionInferer.partial_reverse`).
 
     Args:
         images: ``(B, 1, H, W)`` in [0, 1].
