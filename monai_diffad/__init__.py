@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from monai_diffad.bundles import bundle_path as bundle_path  # the bundles, checkout or installed
 from monai_diffad.inferers import (
     AnoDDPMInferer,
     AnomalyOutput,

@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Helpers that bundle configs call: locating the bundle folder and listing input images."""
+"""Helpers that bundle configs call: locating the bundle folder and the shipped resources, listing input images."""
 
 from __future__ import annotations
 
@@ -17,7 +17,18 @@ from monai.utils import look_up_option
 from monai_diffad.noise import NoiseType
 from monai_diffad.quantization import materialize_int8
 
-__all__ = ["bundle_root", "bundle_config", "brain_mask_beside", "image_datalist", "shared_ddpm_checkpoint", "IMAGE_SUFFIXES", "BRAIN_MASK_SUFFIX"]
+__all__ = [
+    "bundle_root",
+    "bundle_path",
+    "resource_path",
+    "RESOURCES",
+    "bundle_config",
+    "brain_mask_beside",
+    "image_datalist",
+    "shared_ddpm_checkpoint",
+    "IMAGE_SUFFIXES",
+    "BRAIN_MASK_SUFFIX",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +38,19 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _PATH_KEYS = ("image", "label", "brain_mask")
 #: a file ``<name>_brain_mask<suffix>`` beside an image is that image's brain mask
 BRAIN_MASK_SUFFIX = "_brain_mask"
+#: the folders that ship beside the package: in a source checkout at its root, in an installed wheel as package data
+#: under ``monai_diffad/_resources/`` (setup.cfg), side by side in both, since the bundle configs find the demo data
+#: and the shared DDPM weights relative to the folder that holds ``bundles/``
+RESOURCES = ("bundles", "demo_data", "monailabel_app")
+_CHECKOUT = Path(__file__).resolve().parents[1]
+_INSTALLED = Path(__file__).resolve().parent / "_resources"
 
 
 def bundle_root(name: str) -> str:
     """Absolute path of ``bundles/<name>`` so a bundle runs from the repository root or from its own folder.
 
-    Looked up in order: ``$MONAI_DIFFAD_BUNDLES/<name>``, ``./bundles/<name>``, ``.`` when it is that bundle, and the
-    source checkout that holds this package (editable installs).
+    Looked up in order: ``$MONAI_DIFFAD_BUNDLES/<name>``, ``./bundles/<name>``, ``.`` when it is that bundle, the
+    source checkout that holds this package (editable installs), and the copy installed with the package (wheels).
 
     Raises:
         FileNotFoundError: when no candidate holds the bundle's ``metadata.json``.
@@ -41,13 +58,53 @@ def bundle_root(name: str) -> str:
     candidates = []
     if os.environ.get("MONAI_DIFFAD_BUNDLES"):
         candidates.append(Path(os.environ["MONAI_DIFFAD_BUNDLES"]) / name)
-    candidates += [Path.cwd() / "bundles" / name, Path.cwd(), Path(__file__).resolve().parents[1] / "bundles" / name]
+    candidates += [Path.cwd() / "bundles" / name, Path.cwd(), _CHECKOUT / "bundles" / name, _INSTALLED / "bundles" / name]
     for path in candidates:
         if (path / "metadata.json").is_file() and path.name == name:
             return str(path.resolve())
     raise FileNotFoundError(
         f"Bundle '{name}' not found (looked in {[str(c) for c in candidates]}); run from the repository root or set "
         "MONAI_DIFFAD_BUNDLES to the folder holding the bundles, or pass --bundle_root."
+    )
+
+
+def bundle_path(name: str, file: str | None = None) -> str:
+    """Absolute path of bundle ``name`` (found as by :func:`bundle_root`), or of ``file`` inside it.
+
+    Works from a checkout and from an installed wheel alike: ``bundle_path("thor", "inference.json")`` is the config
+    to give ``python -m monai.bundle run --config_file``.
+
+    Raises:
+        FileNotFoundError: no such bundle, or the bundle has no ``file``.
+    """
+    root = bundle_root(name)
+    if file is None:
+        return root
+    path = os.path.join(root, file)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Bundle '{name}' has no {file} (looked for {path}).")
+    return path
+
+
+def resource_path(name: str) -> str:
+    """Absolute path of a folder shipped with the package: ``"bundles"``, ``"demo_data"`` or ``"monailabel_app"``.
+
+    The source checkout's folder when the package runs from one (editable installs), otherwise the copy installed
+    with the package.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`RESOURCES`.
+        FileNotFoundError: neither place holds it (an installation without its package data).
+    """
+    if name not in RESOURCES:
+        raise ValueError(f"Unknown resource '{name}'; the package ships {', '.join(RESOURCES)}.")
+    for base in (_CHECKOUT, _INSTALLED):
+        # the checkout's root is only taken for one: site-packages may hold unrelated 'bundles' folders
+        if (base / name).is_dir() and (base / "bundles" / "meta_schema.json").is_file():
+            return str(base / name)
+    raise FileNotFoundError(
+        f"'{name}' is neither in the source checkout ({_CHECKOUT}) nor installed with the package ({_INSTALLED}); "
+        "reinstall monai-diffad from its wheel or run from a checkout."
     )
 
 

@@ -24,15 +24,26 @@ except ImportError:  # a source checkout without `pip install -e .`: the package
     import monai_diffad  # noqa: F401
 
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 
 from lib.configs import task_configs
 from lib.infers.params import InvalidInferRequest
+from lib.triage import AnomalyScore, MostAnomalous, TriageDatastore
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+#: the triage method by default: DISYRE, 4 network calls per batch of slices
+DEFAULT_TRIAGE = "disyre"
+#: schedule stride of a DDPM-based triage method (THOR: 351 -> 36 network calls per batch)
+DEFAULT_TRIAGE_STRIDE = 10
 
 
 def _names(value: str, what: str) -> list[str]:
@@ -69,19 +80,14 @@ class AnomalyDetectionApp(MONAILabelApp):
             )
             names = list(dict.fromkeys(names + bundles)) if "models" in conf else bundles
         local_studies = not studies.startswith(("http://", "https://"))
-        self.task_configs = {}
-        classes = task_configs()
-        for name in names:
-            config = classes[name]()
-            config.init(
-                name,
-                os.path.join(app_dir, "model"),
-                conf,
-                None,
-                repo_root=REPO_ROOT,
-                map_dir=os.path.join(studies, "anomaly_maps") if local_studies else None,
+        # saved maps go to the datastore's labels folder, one tag per model (LocalDatastore's "labels" default)
+        self.map_dir = os.path.join(studies, "labels") if local_studies else None
+        self.task_configs = {name: self._task_config(name, conf, app_dir) for name in names}
+        self.triage = conf.get("triage", DEFAULT_TRIAGE).strip().lower()
+        if self.triage not in ("", "none") and self.triage not in task_configs():
+            raise ValueError(
+                f"--conf triage: unknown method {self.triage!r}; available: {list(task_configs())} or none."
             )
-            self.task_configs[name] = config
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -90,6 +96,50 @@ class AnomalyDetectionApp(MONAILabelApp):
             description="Unsupervised anomaly maps from diffusion models (THOR, AutoDDPM, DDPM, AnoDDPM, DISYRE)",
             version=monai_diffad.__version__,
         )
+
+    def _task_config(self, name: str, conf: dict[str, str], app_dir: str, **bundle_overrides: Any) -> Any:
+        cls = task_configs()[name]
+        if bundle_overrides:
+            cls = type(cls.__name__, (cls,), {"bundle_overrides": {**cls.bundle_overrides, **bundle_overrides}})
+        config = cls()
+        config.init(name, os.path.join(app_dir, "model"), conf, None, repo_root=REPO_ROOT, map_dir=self.map_dir)
+        return config
+
+    def init_datastore(self) -> Datastore:
+        """MONAI Label's local datastore, made safe for the scoring process's writes (:class:`TriageDatastore`)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return TriageDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _triage_scoring(self) -> AnomalyScore | None:
+        """The ``anomaly_score`` method of ``--conf triage`` (``none`` for no triage), built once."""
+        if getattr(self, "_anomaly_score", None) is not None or self.triage in ("", "none"):
+            return getattr(self, "_anomaly_score", None)
+        config = self._task_config(self.triage, self.conf, self.app_dir)
+        stride = None
+        if config.bundle_method.raw("step_stride") is not None:  # DDPM-based: a strided schedule keeps it fast
+            stride = int(self.conf.get("triage_step_stride", DEFAULT_TRIAGE_STRIDE))
+            config = self._task_config(self.triage, self.conf, self.app_dir, step_stride=stride)
+        task = config.infer()
+        self._anomaly_score = None if task is None else AnomalyScore(task, self.triage, stride)
+        return self._anomaly_score
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        scoring = self._triage_scoring()
+        return {} if scoring is None else {"anomaly_score": scoring}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        scoring = self._triage_scoring()
+        if scoring is not None:
+            # listed first: Slicer preselects the first strategy of /info/
+            strategies = {"most_anomalous": MostAnomalous(scoring), **strategies}
+        return strategies
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -118,6 +168,10 @@ class AnomalyDetectionApp(MONAILabelApp):
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise HTTPException(status_code=404, detail=f"Unknown image {image!r}.")
         try:
-            return super().infer(request, datastore)
+            result = super().infer(request, datastore)
         except InvalidInferRequest as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
+        if (result.get("params") or {}).get("map_file"):
+            # the map was written into a label tag folder: register it, so /datastore/label serves it
+            (datastore or self.datastore()).refresh()
+        return result

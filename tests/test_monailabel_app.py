@@ -9,11 +9,11 @@ inversion would show up as anomaly values where the image is empty.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -94,22 +94,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(studies, checkpoint, tmp_path_factory):
-    """A MONAI Label server with the thor and ddpm models; yields its URL, stops it with SIGTERM afterwards."""
+@contextlib.contextmanager
+def running_server(studies: str, conf: dict[str, str], log_path: str, env: dict[str, str] | None = None):
+    """A MONAI Label server of ``monailabel_app`` over ``studies`` with ``--conf`` ``conf``, on a free port of
+    127.0.0.1; yields ``{"url", "log", "proc"}`` once ``/info/`` answers and stops it with SIGTERM afterwards."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     command = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", os.path.join(REPO, "monailabel_app"), "--studies", studies,
-        "--conf", "models", "thor,ddpm",
-        "--conf", "checkpoint", checkpoint,
-        "--conf", "network", json.dumps(TINY_UNET),
+        *[arg for key, value in conf.items() for arg in ("--conf", key, value)],
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false")
-    with open(log_path, "w") as log:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+               **(env or {}))  # fmt: skip
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -133,6 +132,14 @@ def server(studies, checkpoint, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(studies, checkpoint, tmp_path_factory):
+    """A MONAI Label server with the thor and ddpm models (no triage: these tests are about inference)."""
+    conf = {"models": "thor,ddpm", "checkpoint": checkpoint, "network": json.dumps(TINY_UNET), "triage": "none"}
+    with running_server(studies, conf, str(tmp_path_factory.mktemp("server") / "server.log")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -191,7 +198,7 @@ def test_float_map_matches_the_label_and_the_anatomy(client, studies):
     params = {**THOR_FAST, "threshold": 0.05, "high_threshold": 0.2, "seed": 3, "mask_background": True}
     label_path, label_result = client.infer("thor", "volume", params)
     label = np.asarray(nib.load(label_path).dataobj)
-    map_path, map_result = client.infer("thor", "volume", {**params, "output": "map"})
+    map_path, map_result = client.infer("thor", "volume", {**params, "output": "map", "map_scale": "raw"})
     amap_image = nib.load(map_path)
     amap = np.asarray(amap_image.dataobj)
     image = nib.load(os.path.join(studies, "volume.nii.gz"))
@@ -213,7 +220,7 @@ def test_2d_slice_and_nrrd_volume(client, studies):
     assert result["timing"]["slices"] == 1
     _check_label(path, os.path.join(studies, "slice.nii.gz"), result)
 
-    path, result = client.infer("ddpm", "volume_nrrd", {**DDPM_FAST, "threshold": 0.02, "min_size": 2})
+    path, result = client.infer("ddpm", "volume_nrrd", {**DDPM_FAST, "threshold": 0.02, "min_size": 20.0})
     _check_result_json(result, "ddpm", 0.02)
     assert path.endswith(".nrrd")
     loader = LoadImage(image_only=True)
@@ -270,10 +277,15 @@ def test_server_keeps_serving_after_errors(client, studies, server):
     assert re.search(r"network call \d+/\d+ \(100%\)", log), "progress lines missing from the server log"
 
 
-def test_saved_map_lies_beside_the_studies(client, studies):
+def test_saved_map_is_served_by_the_datastore(client, server, studies, tmp_path):
+    """The second output Slicer shows as a heat map: the float map as label tag anomaly_map_<model>, over REST."""
     _, result = client.infer("ddpm", "slice", {**DDPM_FAST, "save_map": True})
-    saved = os.path.join(studies, "anomaly_maps", "ddpm", "slice.nii.gz")
+    saved = os.path.join(studies, "labels", "anomaly_map_ddpm", "slice.nii.gz")
     assert result["map_file"] == saved
-    amap = nib.load(saved)
+    with urllib.request.urlopen(f"{server['url']}/datastore/label?label=slice&tag=anomaly_map_ddpm") as response:
+        served = tmp_path / "served.nii.gz"
+        served.write_bytes(response.read())
+    amap = nib.load(str(served))
     assert amap.shape == nib.load(os.path.join(studies, "slice.nii.gz")).shape
-    shutil.rmtree(os.path.dirname(saved))
+    np.testing.assert_array_equal(np.asarray(amap.dataobj), np.asarray(nib.load(saved).dataobj))
+    assert np.asarray(amap.dataobj).dtype == np.float32

@@ -26,10 +26,11 @@ pytest.importorskip("monailabel")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "monailabel_app"))
 
-from lib.configs import task_configs  # noqa: E402
-from lib.infers.params import InvalidInferRequest  # noqa: E402
 from monailabel.tasks.infer.basic_infer import CallBackTypes  # noqa: E402
 
+from lib.configs import task_configs  # noqa: E402
+from lib.infers.params import InvalidInferRequest  # noqa: E402
+from monai_diffad.maps import rescale_to_threshold  # noqa: E402
 from monai_diffad.networks import diffusion_unet  # noqa: E402
 
 #: what the temporary THOR bundle changes, each to a value the shipped bundle does not have
@@ -145,7 +146,8 @@ def test_scanner_volume_comes_back_on_its_grid_and_inside_its_brain_mask(changed
         return data
 
     callbacks = {CallBackTypes.PRE_TRANSFORMS: after_pre_transforms}
-    map_path, result = task({"image": image_path, **REQUEST, "output": "map"}, callbacks)
+    map_path, result = task({"image": image_path, **REQUEST, "output": "map", "map_scale": "raw"}, callbacks)
+    scaled_path, scaled_result = task({"image": image_path, **REQUEST, "output": "map"})
     label_path, label_result = task({"image": image_path, **REQUEST}, callbacks)
     # the bundle's image_size reached the network; step_stride visits every 7th level of 20 (+1 final call)
     assert seen["shape"] == (1, 32, 32, mask.shape[-1])
@@ -166,6 +168,20 @@ def test_scanner_volume_comes_back_on_its_grid_and_inside_its_brain_mask(changed
     assert (inside > 0).mean() > 0.9, "the map must cover the given brain mask"
     np.testing.assert_array_equal(label, (amap >= CHANGED["threshold"]).astype(np.uint8))
     assert label_result["score"] == pytest.approx(result["score"]) and result["score"] > 0
+    # the default map scale is the bundle's threshold moved to 0.5, the same map otherwise (same seed)
+    scaled = np.asarray(nib.load(scaled_path).dataobj)
+    assert scaled_result["map_scale"] == "calibrated" and result["map_scale"] == "raw"
+    assert scaled_result["calibration_threshold"] == pytest.approx(CHANGED["threshold"])
+    np.testing.assert_allclose(scaled, rescale_to_threshold(amap, CHANGED["threshold"]), atol=1e-6)
+    assert not np.allclose(scaled, amap)  # t = 0.123: the scale really changed (values below t grow about 4x)
+    assert (scaled >= 0.5).sum() == (amap >= CHANGED["threshold"]).sum()
+    assert scaled_result["score"] == pytest.approx(result["score"])
+    assert scaled_result["score_calibrated"] == pytest.approx(rescale_to_threshold(result["score"], CHANGED["threshold"]))
+    # one maximum per axial slice of the returned map; no image threshold in this bundle: the pixel rule decides
+    assert scaled_result["slice_max"] == pytest.approx(scaled.max(axis=(0, 1)).tolist(), abs=1e-5)
+    share = (amap[mask] >= CHANGED["threshold"]).mean()
+    assert scaled_result["flagged_brain_share"] == pytest.approx(share, abs=1e-5)
+    assert scaled_result["pred_label"] == int(share > 0.05) and "pixel rule" in scaled_result["pred_label_rule"]
 
 
 def test_without_a_mask_file_the_filled_foreground_is_the_brain(changed_bundles, tmp_path):
@@ -192,3 +208,26 @@ def test_a_brain_mask_of_another_shape_is_a_client_error(changed_bundles, tmp_pa
     nib.save(nib.Nifti1Image(mask[:-4].astype(np.uint8), LPS_AFFINE), mask_path)
     with pytest.raises(InvalidInferRequest, match="scan_brain_mask.nii.gz"):
         task({"image": image_path, **REQUEST})
+
+
+def test_min_size_is_a_volume_in_mm3_measured_on_the_label_grid():
+    """``min_size`` goes through MONAI's RemoveSmallObjects with by_measure: 2 x 2 x 3 mm voxels are 12 mm³ each.
+
+    MONAI turns mm³ into ceil(min_size / voxel volume) voxels; scikit-image 0.26 then removes regions of at most
+    that many voxels (measured here: its deprecated ``min_size`` acts as the new inclusive ``max_size``).
+    """
+    from monai.data import MetaTensor
+
+    from lib.infers.anomaly import _remove_small_regions
+
+    label = torch.zeros(1, 12, 12, 4, dtype=torch.uint8)
+    label[0, 1, 1, 1] = label[0, 2, 2, 2] = 1  # 2 voxels touching at a corner: one region of 24 mm³
+    label[0, 6:8, 6:8, 1] = 1  # 4 voxels, 48 mm³, one of them anomaly_high
+    label[0, 6, 6, 1] = 2
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0], dtype=torch.float64))
+    kept = _remove_small_regions(MetaTensor(label, affine=affine), 30.0)  # 3 voxels
+    assert int((kept > 0).sum()) == 4 and int(kept[0, 6, 6, 1]) == 2 and not kept[0, 1, 1, 1]
+    # the same label on a 1 mm grid: 2 mm³ and 4 mm³, both under 30 mm³
+    assert not _remove_small_regions(MetaTensor(label, affine=torch.eye(4, dtype=torch.float64)), 30.0).any()
+    # 10 mm³ (1 voxel) keeps the corner-connected pair: full connectivity
+    assert int((_remove_small_regions(MetaTensor(label, affine=affine), 10.0) > 0).sum()) == 6

@@ -132,6 +132,6 @@ def test_memory_stays_bounded_and_no_partial_files(client, server, studies):
     growth = _rss_mb(server["proc"].pid) - before_mb
     assert growth < MEMORY_GROWTH_LIMIT_MB, f"server memory grew by {growth:.0f} MB over {MEMORY_ROUNDS} rounds"
     new_files = _snapshot(studies) - before_files
-    assert new_files <= {os.path.join("anomaly_maps", "ddpm", "slice.nii.gz")}, new_files
+    assert new_files <= {os.path.join("labels", "anomaly_map_ddpm", "slice.nii.gz")}, new_files
     assert not [f for f in _snapshot(studies) if "partial" in f or f.startswith(".") and f.endswith(".nii.gz")]
     assert server["proc"].poll() is None

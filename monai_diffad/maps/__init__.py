@@ -23,12 +23,14 @@ from monai_diffad.maps.perceptual import (
     perceptual_anomaly_map,
     resolve_backbone_path,
 )
+from monai_diffad.maps.rescale import CALIBRATED_LEVEL, rescale_to_threshold
 from monai_diffad.maps.residual import RESIDUAL_KINDS, residual_map
 from monai_diffad.maps.smoothing import gaussian_kernel1d, gaussian_smooth, symmetric_pad_indices
 from monai_diffad.maps.ssim import ssim_map, structural_dissimilarity_map
 
 __all__ = [
     "BACKBONE_FILES",
+    "CALIBRATED_LEVEL",
     "PERCEPTUAL_FALLBACKS",
     "PERCEPTUAL_NETS",
     "RESIDUAL_KINDS",
@@ -48,6 +50,7 @@ __all__ = [
     "per_image_quantile",
     "perceptual_anomaly_map",
     "percentile_normalize",
+    "rescale_to_threshold",
     "residual_map",
     "resolve_backbone_path",
     "ssim_map",

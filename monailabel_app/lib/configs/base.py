@@ -226,6 +226,11 @@ class AnomalyTaskConfig(TaskConfig):
             return None, False
         return self.bundle_method.parse(f"{key}#{name}"), True
 
+    def image_threshold(self) -> float | None:
+        """The bundle's image-level threshold on the image score (key ``image_threshold``), ``None`` without one."""
+        value = self.bundle_method.raw("image_threshold")
+        return None if value is None else float(self.bundle_method.parse("image_threshold"))
+
     def _options(self, default_inferer: Any) -> tuple[tuple[Option, ...], str]:
         """All request options with their defaults, and where the threshold came from.
 
@@ -277,6 +282,8 @@ class AnomalyTaskConfig(TaskConfig):
             logger.warning(f"{self.name}: method not available ({e}); task skipped.")
             return None
         options, source = self._options(default_inferer)
+        # the calibrated map scale is anchored at the bundle's threshold (0.5, i.e. no rescaling, without one)
+        calibration = next(o.default for o in options if o.name == "threshold") if source != "default" else 0.5
         if not os.path.isfile(self.checkpoint):
             logger.warning(f"{self.name}: checkpoint {self.checkpoint} not found; the model is hidden until it exists.")
         return AnomalyInferTask(
@@ -289,6 +296,8 @@ class AnomalyTaskConfig(TaskConfig):
             brain_mask_key=str(self.bundle_method.raw("brain_mask_key") or "brain_mask"),
             calls_per_batch=self.calls_per_batch,
             threshold_source=source,
+            calibration_threshold=calibration,
+            image_threshold=self.image_threshold(),
             map_dir=self.map_dir,
             description=f"{self.summary} Runs 2D slice-wise on volumes; label 1 = anomaly, 2 = anomaly_high.",
             preload=self.preload,

@@ -14,11 +14,13 @@ Pipeline of one request (``BasicInferTask.__call__`` runs the stages in this ord
 4. Inversion of every invertible pre-transform on the float map, and of the brain mask from where the contract made
    it (at ``pixel_size_mm``, nearest interpolation), so both are on the input's grid.
 5. Post-transforms: the map is zeroed outside the brain mask (``mask_background``, on by default as in the bundles),
-   kept as ``anomaly_map`` and binned into a uint8 label (``anomaly`` from ``threshold``, ``anomaly_high`` from
-   ``high_threshold``), optional removal of small connected regions, channel squeeze and ``Restored`` (the input's
-   original affine for the writer).
-6. Writer: the label (what Slicer shows) or, with ``output="map"``, the float map as NIfTI; ``save_map`` also keeps
-   the float map beside the studies. The image score is the bundle's: the mean of the top values of the final map.
+   kept as ``anomaly_map`` (on the ``calibrated`` scale by default: the bundle's threshold at 0.5) and binned into
+   a uint8 label (``anomaly`` from ``threshold``, ``anomaly_high`` from ``high_threshold``, both on the raw map),
+   optional removal of regions under ``min_size`` mm³ (MONAI's ``RemoveSmallObjects``), channel squeeze and
+   ``Restored`` (the input's original affine for the writer).
+6. Writer: the label (what Slicer shows) or, with ``output="map"``, the float map as NIfTI; ``save_map`` also stores
+   the float map in the datastore (label tag ``anomaly_map_<model>``). The image score is the bundle's: the mean of
+   the top values of the raw final map; ``pred_label`` and the per-slice maxima come with it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -41,28 +44,31 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
-from monai.transforms import CopyItemsd, InvertibleTransform, Lambdad, MaskIntensityd, SqueezeDimd
+from monai.transforms import CopyItemsd, InvertibleTransform, Lambdad, MaskIntensityd, RemoveSmallObjects, SqueezeDimd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
 from monailabel.transform.writer import Writer
 from monailabel.utils.others.generic import file_ext, name_to_device
-from scipy import ndimage
 
 from lib.infers.params import InvalidInferRequest, Option, parse_options
 from lib.infers.progress import ProgressLoggedNetwork
 from monai_diffad.bundles import brain_mask_beside
+from monai_diffad.maps import rescale_to_threshold
 from monai_diffad.maps.scoring import top_fraction_mean
+from monai_diffad.metrics.healthy_fpr import CALIBRATION_FPR
 from monai_diffad.transforms import ANOMALY_LABELS, AnomalyMapToLabeld, BrainMaskd, atomic_path
 
-__all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY"]
+__all__ = ["AnomalyInferTask", "TASK_OPTIONS", "OPTIONS_KEY", "map_tag"]
 
 logger = logging.getLogger(__name__)
 
 #: key under which the validated options travel through the task's stages
 OPTIONS_KEY = "_anomaly_options"
 _MAP_KEY = "anomaly_map"
+#: the map before any rescaling, for the image-level score and decision
+_RAW_MAP_KEY = "_anomaly_map_raw"
 #: share of the highest map values averaged into the image score (the inferer's, recorded per request)
 _SCORE_FRACTION_KEY = "_anomaly_score_fraction"
 #: the brain mask as ``BrainMaskd`` made it (before the frame and the resize), for masking on the input's grid
@@ -87,34 +93,50 @@ TASK_OPTIONS: tuple[Option, ...] = (
         "foreground with holes filled) and score it there, as the bundles do; false keeps the map over the "
         "whole frame around the brain (to check the mask).",
     ),
-    Option("min_size", "int", 0, "Remove labelled regions smaller than this many voxels (0 keeps all).", 0, 10**9),
+    Option(
+        "min_size", "float", 0.0,
+        "Remove labelled regions (fully connected) smaller than this volume in mm^3 (area in mm^2 for 2D images); "
+        "0 keeps all.",
+        0.0, 1e9,
+    ),
     Option(
         "output", "choice", "label", "'label' returns the uint8 label map, 'map' the float anomaly map (NIfTI).",
         choices=("label", "map"),
     ),
-    Option("save_map", "bool", False, "Also save the float map under <studies>/anomaly_maps/<model>/."),
+    Option(
+        "map_scale", "choice", "calibrated",
+        "'calibrated': the float map rescaled so that the bundle's calibrated threshold is 0.5 (one colour window "
+        "for every method); 'raw': the method's own map values.",
+        choices=("calibrated", "raw"),
+    ),
+    Option(
+        "save_map", "bool", False,
+        "Also store the float map in the datastore (label tag anomaly_map_<model>), for Slicer's heat-map overlay.",
+    ),
 )  # fmt: skip
 
 _REQUIRED_OPTIONS = {o.name for o in TASK_OPTIONS}
 
 
-def _drop_small_components(label: torch.Tensor, min_size: int) -> torch.Tensor:
-    """Zero connected anomalous regions (label > 0, full connectivity) of fewer than ``min_size`` voxels.
+def _remove_small_regions(label: MetaTensor, min_size_mm: float) -> MetaTensor:
+    """Zero anomalous regions (label > 0, ``anomaly`` and ``anomaly_high`` together, full connectivity) smaller than
+    ``min_size_mm`` mm³ (mm² for 2D), measured with the label's own voxel size (its affine on the input's grid).
 
-    Args:
-        label: channel-first uint8 label ``(1, *spatial)``.
-        min_size: minimum region size in voxels.
-
-    Returns:
-        The label with small regions set to 0 (same type and metadata).
+    ``independent_channels=False`` makes a region of both segments one object, as a reader sees it; the connectivity
+    counts the channel axis too, so ``label.ndim`` hops is full connectivity over the spatial axes.
     """
-    foreground = np.asarray(label[0] > 0)
-    components, count = ndimage.label(foreground, structure=np.ones((3,) * foreground.ndim))
-    if count == 0:
-        return label
-    keep = np.bincount(components.ravel()) >= min_size
-    keep[0] = False
-    return label * torch.as_tensor(keep[components], dtype=label.dtype)[None]
+    remove = RemoveSmallObjects(
+        min_size=min_size_mm, connectivity=label.ndim, independent_channels=False, by_measure=True
+    )
+    with warnings.catch_warnings():
+        # scikit-image 0.26 deprecates the min_size that MONAI passes; one warning per request says nothing new
+        warnings.filterwarnings("ignore", message=".*min_size.*deprecated", category=FutureWarning)
+        return remove(label)
+
+
+def map_tag(model: str) -> str:
+    """The datastore label tag under which ``save_map`` stores a model's float map."""
+    return f"anomaly_map_{model}"
 
 
 def _input_mask_key(transforms: Sequence[Callable]) -> str:
@@ -163,7 +185,13 @@ class AnomalyInferTask(BasicInferTask):
         brain_mask_key: the key under which ``preprocessing`` reads and writes the brain mask.
         calls_per_batch: network calls an inferer makes per batch of slices, for the progress log.
         threshold_source: where the default threshold came from (reported in results).
-        map_dir: folder for ``save_map`` results (``None`` refuses ``save_map``).
+        calibration_threshold: the bundle's calibrated threshold ``t``; the ``calibrated`` map scale puts it at 0.5
+            (:func:`monai_diffad.maps.rescale_to_threshold`) and the image decision without an image threshold
+            counts brain voxels at or above it. 0.5 (no rescaling) for a bundle without one.
+        image_threshold: the bundle's image-level threshold on ``score`` (``None`` when it has none: the pixel rule
+            of :meth:`image_decision` decides instead).
+        map_dir: the datastore's labels folder; ``save_map`` writes to its ``anomaly_map_<model>`` tag folder
+            (``None`` refuses ``save_map``).
         description: shown by MONAI Label clients.
         preload: load the network on every device at start-up.
 
@@ -182,6 +210,8 @@ class AnomalyInferTask(BasicInferTask):
         brain_mask_key: str = "brain_mask",
         calls_per_batch: Callable[[Any], int | None] | None = None,
         threshold_source: str = "default",
+        calibration_threshold: float = 0.5,
+        image_threshold: float | None = None,
         map_dir: str | None = None,
         description: str = "",
         preload: bool = False,
@@ -197,6 +227,8 @@ class AnomalyInferTask(BasicInferTask):
         self.brain_mask_key = brain_mask_key
         self.calls_per_batch = calls_per_batch or (lambda inferer: None)
         self.threshold_source = threshold_source
+        self.calibration_threshold = float(calibration_threshold)
+        self.image_threshold = image_threshold
         self.map_dir = map_dir
         self._inferers: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -322,13 +354,18 @@ class AnomalyInferTask(BasicInferTask):
         if values["mask_background"]:
             post.append(MaskIntensityd(keys="pred", mask_key=self.brain_mask_key))
         post += [
-            CopyItemsd(keys="pred", names=_MAP_KEY),
+            # the raw map is kept for the image-level statistics, the returned one may be rescaled
+            CopyItemsd(keys="pred", times=2, names=[_MAP_KEY, _RAW_MAP_KEY]),
             AnomalyMapToLabeld(
                 keys="pred", threshold=values["threshold"], high_threshold=values["high_threshold"], label_key="pred"
             ),
         ]
         if values["min_size"] > 0:
-            post.append(Lambdad(keys="pred", func=partial(_drop_small_components, min_size=values["min_size"])))
+            post.append(Lambdad(keys="pred", func=partial(_remove_small_regions, min_size_mm=values["min_size"])))
+        if values["map_scale"] == "calibrated":
+            post.append(
+                Lambdad(keys=_MAP_KEY, func=partial(rescale_to_threshold, threshold=self.calibration_threshold))
+            )
         # Restored only squeezes the channel of 3D results: squeeze here for 2D and 3D alike, then set the affine
         post.append(SqueezeDimd(keys=["pred", _MAP_KEY], dim=0))
         post.append(Restored(keys=["pred", _MAP_KEY], ref_image="image", has_channel=False))
@@ -405,6 +442,33 @@ class AnomalyInferTask(BasicInferTask):
         return data
 
     # ------------------------------------------------------------------ output
+    def image_decision(self, raw_map: torch.Tensor, brain_mask: Any, score: float) -> dict[str, Any]:
+        """The image-level call that comes with the score: ``pred_label`` 1 (anomalous) or 0, and the rule used.
+
+        With an image-level threshold in the bundle (``image_threshold``, calibrated on healthy images), the call is
+        ``score >= image_threshold``. Without one, it is a pixel rule: anomalous when the share of brain voxels at or
+        above the calibrated pixel threshold exceeds the share of healthy brain that threshold was calibrated to
+        allow (:data:`CALIBRATION_FPR`, 5 %). That share is a mean over healthy images, so about half of healthy
+        images may exceed it; it is a ranking aid, not an operating point at a known image-level error rate.
+
+        Args:
+            raw_map: the map before rescaling, ``(1, *spatial)`` on the input's grid.
+            brain_mask: the brain mask on the same grid.
+            score: the image score of ``raw_map``.
+        """
+        brain = torch.as_tensor(np.asarray(brain_mask)) > 0
+        flagged = raw_map[brain] >= self.calibration_threshold
+        share = float(flagged.float().mean()) if flagged.numel() else 0.0
+        if self.image_threshold is not None:
+            pred, rule = score >= self.image_threshold, f"score >= image_threshold {self.image_threshold:g} (bundle)"
+        else:
+            pred = share > CALIBRATION_FPR
+            rule = (
+                f"pixel rule: brain share at or above the calibrated threshold {self.calibration_threshold:g} > "
+                f"{CALIBRATION_FPR:g} (the healthy share it was calibrated to; the bundle has no image_threshold)"
+            )
+        return {"pred_label": int(pred), "pred_label_rule": rule, "flagged_brain_share": round(share, 6)}
+
     def _write(self, data: Mapping[str, Any], key: str, extension: str, dtype: str) -> str:
         """Write ``data[key]`` (restored geometry) to a temporary file and return its path."""
         array = data[key].array if isinstance(data[key], MetaTensor) else np.asarray(data[key])
@@ -426,15 +490,25 @@ class AnomalyInferTask(BasicInferTask):
         values = data[OPTIONS_KEY]
         result = data[self.output_json_key]
         label = np.asarray(data["pred"])
-        # the bundle's image score (AnomalyResultsWriter): top values of the final map on the input's grid
-        amap = torch.as_tensor(np.asarray(data[_MAP_KEY]), dtype=torch.float32)
-        result["score"] = float(top_fraction_mean(amap[None], data[_SCORE_FRACTION_KEY])[0])
+        # the bundle's image score (AnomalyResultsWriter): top values of the raw final map on the input's grid
+        raw = torch.as_tensor(np.asarray(data[_RAW_MAP_KEY]), dtype=torch.float32)
+        score = float(top_fraction_mean(raw, data[_SCORE_FRACTION_KEY])[0])
+        result["score"] = score
+        result["score_calibrated"] = rescale_to_threshold(score, self.calibration_threshold)
+        result.update(self.image_decision(raw, data[self.brain_mask_key], score))
+        amap = np.asarray(data[_MAP_KEY])
+        # per axial slice (the last axis) of the returned map: where a reader should look first
+        per_slice = amap.reshape(-1, amap.shape[-1]).max(0) if amap.ndim == 3 else [amap.max()]
+        result["slice_max"] = [round(float(v), 6) for v in per_slice]
+        result["map_scale"] = values["map_scale"]
+        result["calibration_threshold"] = self.calibration_threshold
         result["label_voxels"] = {name: int((label == value).sum()) for name, value in self.labels.items()}
         map_file = None
         if values["output"] == "map" or values["save_map"]:
             map_file = self._write(data, _MAP_KEY, ".nii.gz", "float32")
         if values["save_map"]:
-            target_dir = os.path.join(self.map_dir, str(data.get("model", self.method)))
+            # a label tag of MONAI Label's datastore: served at /datastore/label?label=<image id>&tag=<this tag>
+            target_dir = os.path.join(self.map_dir, map_tag(str(data.get("model", self.method))))
             os.makedirs(target_dir, exist_ok=True)
             target = os.path.join(target_dir, f"{_image_id(str(data['image_path']))}.nii.gz")
             with atomic_path(target) as tmp:  # a saved map beside the studies is complete or absent
