@@ -231,3 +231,17 @@ def test_min_size_is_a_volume_in_mm3_measured_on_the_label_grid():
     assert not _remove_small_regions(MetaTensor(label, affine=torch.eye(4, dtype=torch.float64)), 30.0).any()
     # 10 mm³ (1 voxel) keeps the corner-connected pair: full connectivity
     assert int((_remove_small_regions(MetaTensor(label, affine=affine), 10.0) > 0).sum()) == 6
+
+
+def test_a_level_the_bundles_scheduler_cannot_reach_is_refused_before_any_image(changed_bundles):
+    """The inferers construct with any scheduler (drop-in); what detection needs of it is checked per request."""
+    config_file = os.path.join(changed_bundles, "thor", "inference.json")
+    config = json.loads(open(config_file).read())
+    config["scheduler"] = "$monai_diffad.networks.ddpm_scheduler(num_train_timesteps=100)"
+    config.update({"noise_level": 50, "harmonization_steps": [25]})  # a bundle default the scheduler can reach
+    with open(config_file, "w") as f:
+        json.dump(config, f, indent=1)
+    _, task = _task(task_configs()["thor"])
+    assert task.validate_request({"noise_level": 50, "harmonization_steps": "25", "device": "cpu"})
+    with pytest.raises(InvalidInferRequest, match="noise_level=150"):
+        task.validate_request({"noise_level": 150, "harmonization_steps": "25", "device": "cpu"})

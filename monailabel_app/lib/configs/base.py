@@ -201,22 +201,22 @@ class AnomalyTaskConfig(TaskConfig):
             TypeError, ValueError: the inferer refuses the options (e.g. a harmonization step above the noise level).
         """
         try:
-            return self.bundle_method.parse("inferer", self.request_overrides(inferer_kwargs))
+            inferer = self.bundle_method.parse("inferer", self.request_overrides(inferer_kwargs))
         except RuntimeError as e:  # the config parser wraps the constructor's own error
             if isinstance(e.__cause__, (TypeError, ValueError)):
                 raise e.__cause__ from None
             raise
+        # what detection checks against the scheduler (e.g. noise_level >= T) is refused now, before any image is read
+        inferer.validate_settings()
+        return inferer
 
     def load_network(self, path: str) -> torch.nn.Module:
         """The bundle's ``network_def`` with the weights of ``path`` (weights-only; legacy checkpoints converted)."""
         return load_diffusion_unet(path, model=self.bundle_method.parse("network_def"))
 
     def calls_per_batch(self, inferer: Any) -> int | None:
-        """Network calls one batch of slices costs (progress log), ``None`` when unknown."""
-        calls = getattr(inferer, "num_network_calls", None)
-        if calls is None and hasattr(inferer, "reverse_schedule") and hasattr(inferer, "noise_level"):
-            calls = len(inferer.reverse_schedule(inferer.noise_level))
-        return None if calls is None else int(calls)
+        """Network calls one batch of slices costs (progress log): every inferer states it."""
+        return int(inferer.num_network_calls)
 
     def _label_setting(self, name: str) -> tuple[Any, bool]:
         """``name`` (``threshold``, ``high_threshold``) of the ``AnomalyMapToLabeld`` in the bundle's postprocessing:
