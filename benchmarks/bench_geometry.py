@@ -28,6 +28,7 @@ from monai_diffad.data.scanner import brain_centre_world, lesion_volume, scanner
 from monai_diffad.metrics.dice import best_dice
 from monai_diffad.metrics.ranking import auprc
 
+
 def write_copies(folder: str) -> dict[str, str]:
     """Write the training-geometry and the scanner-geometry copies; returns ``{copy: folder}``."""
     volumes, affine = lesion_volume("colin27", z_slices=40)

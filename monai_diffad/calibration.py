@@ -147,6 +147,7 @@ def calibrate_on_images(
     if checkpoint is not None:
         overrides["checkpoint"] = os.path.abspath(checkpoint)
     method = build_method(bundle, bundles_dir, overrides=overrides, device=device, overlays=overlays)
+    assert method.config is not None  # build_method always attaches the bundle's parser
     preprocessing = method.config.get_parsed_content("preprocessing")
     postprocessing = method.config.get_parsed_content("postprocessing")
     device_ = next(method.network.parameters()).device
@@ -249,7 +250,7 @@ def write_threshold(bundle_dir: str, result: dict, key: str = "threshold") -> No
         f.write("\n")
 
 
-def _root_value_error(error: BaseException) -> ValueError | None:
+def _root_value_error(error: BaseException | None) -> ValueError | None:
     """The ``ValueError`` behind MONAI's ``RuntimeError("applying transform ...")`` wrappers, if any."""
     while error is not None:
         if isinstance(error, ValueError):

@@ -23,6 +23,10 @@ class HealthyOracle(torch.nn.Module):
         scheduler: the scheduler whose ᾱ table defines the noising.
     """
 
+    # registered buffers, which nn.Module's __getattr__ types as Tensor | Module
+    healthy: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
     def __init__(self, healthy_model_range: torch.Tensor, scheduler: DDPMScheduler) -> None:
         super().__init__()
         self.register_buffer("healthy", healthy_model_range)

@@ -14,7 +14,6 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from monai_diffad.metrics import healthy_fpr_threshold
 from monai_diffad.inferers import AnoDDPMInferer, AutoDDPMInferer, DDPMAnomalyInferer, THORInferer
 from monai_diffad.maps import (
     PerceptualDistance,
@@ -32,7 +31,7 @@ from monai_diffad.maps import (
     structural_dissimilarity_map,
 )
 from monai_diffad.maps.scoring import top_fraction_mean
-from monai_diffad.metrics import auprc, auroc, best_dice, image_auroc
+from monai_diffad.metrics import auprc, auroc, best_dice, healthy_fpr_threshold, image_auroc
 from monai_diffad.networks import ddpm_scheduler, diffusion_unet
 from monai_diffad.transforms import AnomalyMapToLabel, ForegroundPercentileScale, InPlaneResize
 

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from monai_diffad.metrics import healthy_fpr_threshold
 from monai_diffad.maps import (
     gaussian_smooth,
     grey_closing,
@@ -26,7 +25,7 @@ from monai_diffad.maps import (
     structural_dissimilarity_map,
 )
 from monai_diffad.maps.scoring import top_fraction_mean
-from monai_diffad.metrics import auroc, best_dice
+from monai_diffad.metrics import auroc, best_dice, healthy_fpr_threshold
 from monai_diffad.transforms import AnomalyMapToLabel, ForegroundPercentileScale
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -204,8 +204,9 @@ def _pixel_spacing(resolution: int) -> float:
 
 def save_nifti_slice(array: np.ndarray, path: str, spacing: float | Sequence[float], dtype: type = np.float32) -> None:
     """Save a 2D ``[x, y]`` (or 3D ``[x, y, z]``) RAS array as NIfTI with the given voxel spacing in mm."""
-    spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]  # type: ignore[arg-type]
-    affine = np.diag([*spacing[:3], 1.0])
+    # one value per axis from a sequence or array, else one value for all three (np.isscalar does not narrow types)
+    spacing_xyz = [float(s) for s in spacing] if isinstance(spacing, (Sequence, np.ndarray)) else [float(spacing)] * 3
+    affine = np.diag([*spacing_xyz[:3], 1.0])
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), path)
 
@@ -268,7 +269,7 @@ def at_resolution(arrays: dict[str, np.ndarray], resolution: int) -> dict[str, n
     out = dict(arrays)
     out["images"], lesion = halve_resolution(arrays["images"], arrays["masks"])
     _, brain = halve_resolution(arrays["images"], arrays["brain_masks"])
-    out["masks"], out["brain_masks"] = lesion.astype(np.uint8), brain.astype(np.uint8)  # type: ignore[union-attr]
+    out["masks"], out["brain_masks"] = lesion.astype(np.uint8), brain.astype(np.uint8)
     return out
 
 
@@ -419,8 +420,11 @@ def _demo_volume(seed: int, n_slices: int = 8, stride_mm: int = 3) -> dict[str, 
     center = brain_centroid_xy(volume["mask"])
     img = crop_or_pad_2d(volume["image"][..., z], center)
     msk = crop_or_pad_2d(volume["mask"][..., z].astype(np.float32), center)
-    img = np.moveaxis(np.asarray(Resize((128, 128), mode="area")(np.moveaxis(img, -1, 0))), 0, -1)
-    brain = np.moveaxis(np.asarray(Resize((128, 128), mode="bilinear")(np.moveaxis(msk, -1, 0))), 0, -1) >= 0.5
+    # MONAI annotates Resize's input as a tensor, but it documents and converts a channel-first numpy array too
+    img_resized = Resize((128, 128), mode="area")(np.moveaxis(img, -1, 0))  # type: ignore[arg-type]
+    msk_resized = Resize((128, 128), mode="bilinear")(np.moveaxis(msk, -1, 0))  # type: ignore[arg-type]
+    img = np.moveaxis(np.asarray(img_resized), 0, -1)
+    brain = np.moveaxis(np.asarray(msk_resized), 0, -1) >= 0.5
     img = np.clip(img, 0, 1) * brain
     rng = np.random.RandomState(seed)
     mid = brain[..., n_slices // 2]

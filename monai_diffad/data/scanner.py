@@ -61,7 +61,7 @@ def centred_affine(shape: Sequence[int], spacing: Sequence[float] = (1.0, 1.0, 1
 
 
 def scanner_grid(
-    extent_mm: Sequence[float],
+    extent_mm: Sequence[float] | np.ndarray,
     spacing: Sequence[float] = (0.9, 0.9, 1.0),
     axcodes: str = "LPS",
     field_of_view_mm: float = 256.0,

@@ -10,6 +10,7 @@ Arrays are ``[x, y]`` in RAS voxel order (axis 0 left to right, axis 1 posterior
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 from monai.transforms import Resize
@@ -137,13 +138,19 @@ def extract_axial_slices(
     center = brain_centroid_xy(mask)
     img = crop_or_pad_2d(np.asarray(image, dtype=np.float32)[..., z], center, crop_size)
     msk = crop_or_pad_2d((np.asarray(mask) > 0)[..., z].astype(np.float32), center, crop_size)
-    # the slices act as channels so one Resize call handles the whole stack
-    img = Resize((size, size), mode="area")(np.moveaxis(img, -1, 0))
-    msk = Resize((size, size), mode="bilinear")(np.moveaxis(msk, -1, 0))
-    img, msk = np.asarray(img, dtype=np.float32), np.asarray(msk) >= 0.5
+    # the slices act as channels so one Resize call handles the whole stack; MONAI annotates Resize's input as a
+    # tensor, but it documents and converts a channel-first numpy array too
+    img_resized = Resize((size, size), mode="area")(np.moveaxis(img, -1, 0))  # type: ignore[arg-type]
+    msk_resized = Resize((size, size), mode="bilinear")(np.moveaxis(msk, -1, 0))  # type: ignore[arg-type]
+    img, msk = np.asarray(img_resized, dtype=np.float32), np.asarray(msk_resized) >= 0.5
     return {"images": np.clip(img, 0.0, 1.0) * msk, "masks": msk, "z": z}
 
 
+# masks come back pooled exactly when they are given
+@overload
+def halve_resolution(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def halve_resolution(images: np.ndarray, masks: None = None) -> tuple[np.ndarray, None]: ...
 def halve_resolution(images: np.ndarray, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """2 x 2 average pooling of ``(..., H, W)`` stacks: the 64 x 64 variant of the 128 x 128 set.
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import monai
 import numpy as np
@@ -211,10 +211,11 @@ def _noise_label(noise: str, short: bool = False) -> str:
     return {"gaussian": "Gaussian", "simplex": "Simplex", "none": "none (synthetic corruption)"}.get(noise, noise)
 
 
-def _markdown_table(
-    results: Sequence[MethodResult],
-    columns: Sequence[tuple[str, Callable[[MethodResult], str], Callable[[MethodResult], float] | None]],
-) -> list[str]:
+#: a table column: header, cell text of a method, and the value whose highest is set in bold (None: no bold)
+_Column: TypeAlias = "tuple[str, Callable[[MethodResult], str], Callable[[MethodResult], float] | None]"
+
+
+def _markdown_table(results: Sequence[MethodResult], columns: Sequence[_Column]) -> list[str]:
     """Rows of a Markdown table; a column with a value getter has its highest value (of ok methods) in bold."""
     lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
     best = []
@@ -233,13 +234,16 @@ def _markdown_table(
     return lines
 
 
-def _metric_column(
-    header: str, key: str, fmt: Callable[[float], str], bold: bool = True
-) -> tuple[str, Callable[[MethodResult], str], Callable[[MethodResult], float] | None]:
+def _metric_column(header: str, key: str, fmt: Callable[[float], str], bold: bool = True) -> _Column:
     def value(r: MethodResult) -> float:
         return r.metrics.get(key, float("nan"))
 
     return header, (lambda r: fmt(value(r))), (value if bold else None)
+
+
+def _constant_column(header: str, text: str) -> _Column:
+    """A column with the same ``text`` in every row (a reference value), never in bold."""
+    return header, (lambda r: text), None
 
 
 def _display_path(path: str) -> str:
@@ -264,14 +268,14 @@ def _settings_line(r: MethodResult) -> str:
 def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) -> str:
     """The ``results.md`` text."""
     ran = [r for r in results if r.status == "ok"]
-    pixel = [
+    pixel: list[_Column] = [
         ("Noise", lambda r: _noise_label(r.noise), None),
         ("Method", lambda r: r.label, None),
     ]
     for metric, name in (("dice", "max-Dice"), ("auprc", "AUPRC"), ("auroc", "AUROC")):
         pixel += [_metric_column(f"{name} {_STRATUM_HEADERS[s]}", f"{metric}_{s}", _percent) for s in _STRATUM_HEADERS]
     pixel.append(_metric_column("recon SSIM", "ssim", lambda v: _fmt(v, digits=3)))
-    operating = [
+    operating: list[_Column] = [
         ("Method", lambda r: f"{r.label} ({_noise_label(r.noise)})", None),
         _metric_column("best threshold", "threshold_all", lambda v: _fmt(v), bold=False),
         _metric_column("lesion-free px flagged (%)", "flagged_fraction", _percent, bold=False),
@@ -283,13 +287,13 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         _metric_column("s / image", "seconds_per_image", lambda v: _fmt(v, digits=2), bold=False),
     ]
     floors = metadata.get("trivial_floor", {})
-    global_columns = [("Method", lambda r: f"{r.label} ({_noise_label(r.noise)})", None)]
+    global_columns: list[_Column] = [("Method", lambda r: f"{r.label} ({_noise_label(r.noise)})", None)]
     for s in ("small", "medium", "large"):
         floor = _percent(floors.get(s, {}).get("max_dice", float("nan")))
         global_columns += [
             _metric_column(f"{s}: global threshold", f"dice_{s}_at_global", _percent),
             _metric_column(f"{s}: own threshold", f"dice_{s}", _percent, bold=False),
-            (f"{s}: all brain", lambda r, floor=floor: floor, None),
+            _constant_column(f"{s}: all brain", floor),
         ]
     data = metadata["data"]
     lines = ["# Anomaly detection results", "", _SYNTHETIC_NOTE, ""]
@@ -390,7 +394,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json(path: str, results: Sequence[MethodResult], metadata: dict[str, Any]) -> None:
-    methods = [
+    methods: list[dict[str, Any]] = [
         {
             "name": r.name,
             "label": r.label,

@@ -266,7 +266,7 @@ def evaluate_method(
     inferer: DiffusionAnomalyInferer,
     network: torch.nn.Module,
     dataset: EvaluationSet,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
     *,
     name: str = "method",
     batch_size: int = 16,

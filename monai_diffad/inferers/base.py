@@ -292,12 +292,13 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = _AUTOCAST_DTYPES[self.precision]
+        forward: Callable[..., torch.Tensor] = network
         if self.compile_mode is not None:
-            network = self.compiled_network(network)
+            forward = self.compiled_network(network)
             # CUDA-graph replays reuse their output buffers: mark the step and copy the output out of them
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            out = network(x, timesteps=steps)
+            out = forward(x, timesteps=steps)
         return out.float().clone() if self.compile_mode is not None else out.float().contiguous()
 
     def compiled_network(self, network: torch.nn.Module) -> Callable:
@@ -412,6 +413,7 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         return top_fraction_mean(anomaly_map, self.score_top_fraction, mask)
 
     # ------------------------------------------------------------------ MONAI call protocol
+    # DiffusionInferer's signature with optional noise/timesteps (its own override of Inferer is ignored in MONAI too)
     def __call__(  # type: ignore[override]
         self,
         inputs: torch.Tensor,
@@ -429,9 +431,14 @@ class DiffusionAnomalyInferer(DiffusionInferer):
         if noise is not None or timesteps is not None:
             if noise is None or timesteps is None:
                 raise ValueError("The training call needs both noise and timesteps.")
-            return super().__call__(inputs, diffusion_model, noise, timesteps, *args, **kwargs)
+            # MONAI annotates the network as DiffusionModelUNet but only calls it; any module works
+            return super().__call__(
+                inputs, diffusion_model, noise, timesteps, *args, **kwargs  # type: ignore[arg-type]
+            )
         out = self.detect(inputs, diffusion_model, **kwargs)
-        stacked = torch.cat([out[name] for name in self.evaluator_outputs], dim=1)
+        # __init__ allows only these two tensor fields in evaluator_outputs
+        fields = {"anomaly_map": out.anomaly_map, "pseudo_healthy": out.pseudo_healthy}
+        stacked = torch.cat([fields[name] for name in self.evaluator_outputs], dim=1)
         if isinstance(inputs, MetaTensor):
             # like MONAI's other inferers, outputs carry the inputs' metadata so Invertd/SaveImaged can use it
             return MetaTensor(stacked, meta=inputs.meta, applied_operations=inputs.applied_operations)

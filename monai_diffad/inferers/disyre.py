@@ -328,7 +328,9 @@ class DISYREInferer(DiffusionAnomalyInferer):
             "maps": stacked_maps,
         }
 
-    def _restore_windows(self, u: torch.Tensor, model: torch.nn.Module, progress: bool) -> dict[str, torch.Tensor]:
+    def _restore_windows(
+        self, u: torch.Tensor, model: torch.nn.Module, patch_size: tuple[int, ...], progress: bool
+    ) -> dict[str, torch.Tensor]:
         """:meth:`restore` over Gaussian-weighted sliding windows of ``patch_size``, blended by MONAI."""
         b, c, h, w = u.shape
         k = len(self.restoration_steps())
@@ -345,7 +347,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
 
         blended = sliding_window_inference(
             u,
-            roi_size=self.patch_size,
+            roi_size=patch_size,
             sw_batch_size=self.sw_batch_size,
             predictor=predictor,
             overlap=self.sw_overlap,
@@ -355,6 +357,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
             cval=0.0,
             progress=progress,
         )
+        assert isinstance(blended, dict)  # a predictor that returns a dict makes MONAI return one
         return {
             "anomaly_map": blended["anomaly_map"],
             "pseudo_healthy": blended["pseudo_healthy"],
@@ -368,7 +371,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
         if self.patch_size is None or tuple(u.shape[2:]) == self.patch_size:
             out = self.restore(u, diffusion_model, progress)
         else:
-            out = self._restore_windows(u, diffusion_model, progress)
+            out = self._restore_windows(u, diffusion_model, self.patch_size, progress)
         amap = out["anomaly_map"]
         foreground = (u > 0).any(dim=1, keepdim=True).to(amap.dtype)
         if self.foreground_mask:

@@ -199,10 +199,11 @@ class PartialDiffusionInferer(DiffusionAnomalyInferer):
         Returns:
             ``(x0_hat, x_prev)``: x̂0 as the scheduler clips it and the state at ``prev_t``, both in the network's range.
         """
+        scheduler = self.detection_scheduler()
         model_output = self.call_network(diffusion_model, x_t, t)
-        x0_hat = predict_original(self.scheduler, model_output, t, x_t)
+        x0_hat = predict_original(scheduler, model_output, t, x_t)
         step_noise = noise(tuple(x_t.shape[1:]), t=prev_t) if prev_t >= 0 else None
-        return x0_hat, posterior_step(self.scheduler, x0_hat, x_t, t, prev_t, step_noise)
+        return x0_hat, posterior_step(scheduler, x0_hat, x_t, t, prev_t, step_noise)
 
     @torch.no_grad()
     def partial_reverse(

@@ -11,12 +11,12 @@ same noise is used.
 from __future__ import annotations
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler, Scheduler
 
 __all__ = ["forward_step", "predict_original", "posterior_step"]
 
 
-def _table(scheduler: DDPMScheduler, name: str, t: int, like: torch.Tensor) -> torch.Tensor:
+def _table(scheduler: Scheduler, name: str, t: int, like: torch.Tensor) -> torch.Tensor:
     return getattr(scheduler, name)[t].to(device=like.device, dtype=like.dtype)
 
 
@@ -99,7 +99,7 @@ def posterior_step(
 
 
 def forward_step(
-    scheduler: DDPMScheduler,
+    scheduler: Scheduler,
     sample: torch.Tensor,
     t: int,
     prev_t: int,
@@ -112,7 +112,7 @@ def forward_step(
     (bit-exact, no cumulative-product ratio).
 
     Args:
-        scheduler: the DDPM scheduler the model was trained with.
+        scheduler: the scheduler the model was trained with (only its ``betas`` and ``alphas_cumprod`` are read).
         sample: x_{t'}.
         t: target level.
         prev_t: current level ``t' < t``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import EllipsisType
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ def structuring_element(kernel_size: int, spatial_dims: int, shape: str = "squar
     if shape == "square":
         return torch.ones((kernel_size,) * spatial_dims, dtype=torch.bool)
     grids = torch.meshgrid(*[torch.arange(-radius, radius + 1)] * spatial_dims, indexing="ij")
-    return sum(g.square() for g in grids) <= radius**2
+    return torch.stack(grids).square().sum(0) <= radius**2
 
 
 def _max_filter(m: torch.Tensor, kernel_size: int, shape: str) -> torch.Tensor:
@@ -78,14 +79,16 @@ def _max_filter(m: torch.Tensor, kernel_size: int, shape: str) -> torch.Tensor:
             continue
         half_width = math.isqrt(remaining)
         if half_width not in chord_maxima:
-            window = (1,) * (spatial_dims - 1) + (2 * half_width + 1,)
-            chord_maxima[half_width] = max_pool(padded, window, stride=1)
+            chord = (1,) * (spatial_dims - 1) + (2 * half_width + 1,)
+            chord_maxima[half_width] = max_pool(padded, chord, stride=1)
         chords = chord_maxima[half_width]
         # output index p on the last axis holds the window centred at padded index p + half_width
         index = tuple(slice(radius + o, radius + o + n) for o, n in zip(offset, spatial_shape[:-1]))
         start = radius - half_width
-        shifted = chords[(..., *index, slice(start, start + last_len))]
+        window_index: tuple[EllipsisType | slice, ...] = (..., *index, slice(start, start + last_len))
+        shifted = chords[window_index]
         result = shifted if result is None else torch.maximum(result, shifted)
+    assert result is not None  # the zero offset (the centre chord) is always in the disc
     return result
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from monai_diffad.metrics.pooled import RunningSumMetric, as_unit_maps, as_tensor, check_binary
+from monai_diffad.metrics.pooled import RunningSumMetric, as_tensor, as_unit_maps, check_binary
 
 __all__ = ["BoxDetectionMetric"]
 
@@ -162,7 +162,7 @@ class BoxDetectionMetric(RunningSumMetric):
         ]
         return [torch.cat(items) for items in zip(*parts)]
 
-    def aggregate(self) -> dict[str, float]:  # type: ignore[override]
+    def aggregate(self) -> dict[str, float]:
         """Recall, precision, F1, threshold and healthy surviving share over all images since the last reset.
 
         Returns:

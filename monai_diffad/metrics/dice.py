@@ -101,7 +101,7 @@ class BestDiceMetric(PooledHistogramMetric):
         """float64 (101,) Dice at each of :data:`DICE_THRESHOLDS` (``nan`` without positives)."""
         return dice_curve_from_counts(self.counts())
 
-    def aggregate(self) -> float | tuple[float, float]:  # type: ignore[override]
+    def aggregate(self) -> float | tuple[float, float]:
         """Best Dice (and its threshold when ``return_threshold``); ``nan`` with a warning without positives."""
         dice, threshold = _best_of_curve(self.dice_curve())
         return (dice, threshold) if self.return_threshold else dice

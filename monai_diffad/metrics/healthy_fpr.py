@@ -146,7 +146,7 @@ class HealthyFPRThresholdMetric(CumulativeIterationMetric):
     ) -> torch.Tensor:
         return flagged_share_curve(y_pred, y, self.num_thresholds)
 
-    def aggregate(self) -> float:  # type: ignore[override]
+    def aggregate(self) -> float:
         """The threshold over every image so far; ``nan`` before any."""
         buffer = self.get_buffer()
         if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:

@@ -252,7 +252,7 @@ class AUROCMetric(PooledHistogramMetric):
     def __init__(self, n_bins: int = DEFAULT_N_BINS) -> None:
         super().__init__(uniform_bin_edges(n_bins))
 
-    def aggregate(self) -> float:  # type: ignore[override]
+    def aggregate(self) -> float:
         """AUROC of all pixels seen since the last reset (``nan`` with a warning for one class)."""
         return auroc_from_counts(self.counts())
 
@@ -275,7 +275,7 @@ class AUPRCMetric(PooledHistogramMetric):
     def __init__(self, n_bins: int = DEFAULT_N_BINS) -> None:
         super().__init__(uniform_bin_edges(n_bins))
 
-    def aggregate(self) -> float:  # type: ignore[override]
+    def aggregate(self) -> float:
         """Average precision of all pixels seen since the last reset (``nan`` with a warning if no positive)."""
         return average_precision_from_counts(self.counts())
 
@@ -299,7 +299,7 @@ class ImageAUROCMetric(CumulativeIterationMetric):
         scores, labels = _image_scores_and_labels(y_pred, y)
         return [scores, labels.long()]
 
-    def aggregate(self) -> float:  # type: ignore[override]
+    def aggregate(self) -> float:
         """AUROC of all scores seen since the last reset (``nan`` with a warning for one class or no data)."""
         buffers = self.get_buffer()
         if buffers is None:

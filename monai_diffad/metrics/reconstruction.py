@@ -105,7 +105,7 @@ class ReconstructionMetric(CumulativeIterationMetric):
             raise ValueError(f"perceptual must return a tensor with {batch} items first, got {shape}.")
         return distance.detach().reshape(batch, -1).mean(dim=1)
 
-    def aggregate(self) -> dict[str, float]:  # type: ignore[override]
+    def aggregate(self) -> dict[str, float]:
         """Mean of each column over all images since the last reset (``nan`` with a warning before any data)."""
         values = self.get_buffer()
         if values is None:

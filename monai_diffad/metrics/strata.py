@@ -11,7 +11,7 @@ falls outside every stratum (1-3 pixels, or more than 10000): such items count i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -108,7 +108,11 @@ def _select(data: Any, index: torch.Tensor) -> Any:
     return [data[i] for i in index.tolist()]
 
 
-class StratifiedMetric:
+#: the metric type kept per stratum, so that ``metrics[name]`` has its own methods (e.g. ``dice_curve``)
+MetricT = TypeVar("MetricT", bound=CumulativeIterationMetric)
+
+
+class StratifiedMetric(Generic[MetricT]):
     """Keeps one metric for all items and one per lesion-size stratum.
 
     Example: ``StratifiedMetric(BestDiceMetric)`` then ``metric(maps, labels, mask=brain)`` per batch
@@ -125,14 +129,14 @@ class StratifiedMetric:
 
     def __init__(
         self,
-        metric_factory: Callable[[], CumulativeIterationMetric],
+        metric_factory: Callable[[], MetricT],
         bounds: Sequence[float] = SIZE_STRATA_BOUNDS,
         area_scale: float = 1.0,
     ) -> None:
         _check_bounds(bounds)
         self.bounds = tuple(bounds)
         self.area_scale = area_scale
-        self.metrics: dict[str, CumulativeIterationMetric] = {name: metric_factory() for name in ("all", *SIZE_STRATA)}
+        self.metrics: dict[str, MetricT] = {name: metric_factory() for name in ("all", *SIZE_STRATA)}
 
     def __call__(
         self,

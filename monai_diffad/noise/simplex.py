@@ -212,10 +212,14 @@ def simplex_noise(
         raise TypeError(f"dtype must be a floating point dtype, got {dtype}.")
     batch, channels, spatial = shape[0], shape[1], shape[2:]
     times = _time_coordinates(t, batch)
-    streams = list(generator) if isinstance(generator, Sequence) else None
+    if isinstance(generator, Sequence):
+        streams: list[torch.Generator] | None = list(generator)
+        single: torch.Generator | None = None
+    else:
+        streams, single = None, generator
     if streams is not None and len(streams) != batch:
         raise ValueError(f"generator must be one generator or B={batch} generators, got {len(streams)}.")
-    draw_device, compute_device = resolve_noise_device(streams[0] if streams else generator, device)
+    draw_device, compute_device = resolve_noise_device(streams[0] if streams else single, device)
 
     dims = len(spatial) + 1
     gradients = _gradient_set(dims, compute_device)
@@ -226,7 +230,7 @@ def simplex_noise(
         corner_gradients = torch.cat([grads for _, grads in tables], dim=1)
     else:
         num_tables = batch if per_image else 1
-        permutation, corner_gradients = _draw_tables(num_tables, gradients, generator, draw_device)
+        permutation, corner_gradients = _draw_tables(num_tables, gradients, single, draw_device)
     num_fields = max(num_tables, times.numel())
     table_base = (torch.arange(num_fields, device=compute_device) % num_tables * _TABLE_SIZE).view(-1, 1)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from monai_diffad.training.checkpoints import latest_checkpoint, resume_seed, warm_start
 from monai_diffad.training.cohort import RECORD_FILE, cohort_slice_items, split_subjects, training_slices, uses_own_data
 from monai_diffad.training.data import fixed_noise_items, load_slice_items
-from monai_diffad.training.inferer import AUTOCAST_DTYPES, AutocastDiffusionInferer
 from monai_diffad.training.handlers import EMAHandler, LossCSVLogger, WeightsExporter, attach_progress_bar
+from monai_diffad.training.inferer import AUTOCAST_DTYPES, AutocastDiffusionInferer
 from monai_diffad.training.prepare_batch import FixedNoisePrepareBatch, NoisePrepareBatch
 from monai_diffad.training.stopping import IterationLimit
 

@@ -106,10 +106,12 @@ def reconstruction_report(
         change = (recon - images).abs()
         inside = (change * lesions)[num:].sum() / lesions[num:].sum().clamp(min=1)
         outside_mask = brains[num:] * (1 - lesions[num:])
+        healthy_ssim = ssim(recon[h], images[h])
+        assert isinstance(healthy_ssim, torch.Tensor)  # MONAI returns a list only for list inputs
         report[f"L={level}"] = {
             "healthy_mse": float(((recon[h] - images[h]) ** 2).mean()),
             "healthy_mse_brain": float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum()),
-            "healthy_ssim": float(ssim(recon[h], images[h]).mean()),
+            "healthy_ssim": float(healthy_ssim.mean()),
             "lesion_change_inside": float(inside),
             "lesion_change_outside": float((change[num:] * outside_mask).sum() / outside_mask.sum()),
         }

@@ -7,8 +7,12 @@ import glob
 import logging
 import os
 import re
+from typing import TYPE_CHECKING, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from monai.networks.nets import DiffusionModelUNet
 
 __all__ = ["latest_checkpoint", "resume_seed", "warm_start"]
 
@@ -74,7 +78,8 @@ def warm_start(
         return False
     from monai_diffad.networks import load_diffusion_unet
 
-    module = getattr(network, "module", network)
+    # the bundles pass a DiffusionModelUNet (or a DDP wrapper of one): their config, not the types, guarantees it
+    module = cast("DiffusionModelUNet", getattr(network, "module", network))
     load_diffusion_unet(weights, model=module).train()  # the loader leaves the network in eval mode
     ema_network.load_state_dict(module.state_dict())
     logger.info("Network and EMA initialised from %s (fresh optimiser).", weights)

@@ -58,7 +58,7 @@ class EMAHandler:
     def __call__(self, engine: Engine) -> None:
         n = engine.state.iteration
         decay = min(self.decay, (1 + n) / (10 + n))
-        network = engine.network  # type: ignore[attr-defined]
+        network = engine.network  # type: ignore[attr-defined]  # MONAI's trainers add .network to ignite's Engine
         if isinstance(network, (DataParallel, DistributedDataParallel)):
             network = network.module
         source = network.state_dict()
@@ -164,7 +164,8 @@ class LossCSVLogger:
             self._losses = []
 
     def _log_validation(self, engine: Engine) -> None:
-        state = self.validator.state  # type: ignore[union-attr]
+        assert self.validator is not None  # attach() registers this handler only when there is a validator
+        state = self.validator.state
         if state.epoch != engine.state.epoch or state.epoch == self._last_val_epoch or not state.metrics:
             return
         self._last_val_epoch = state.epoch

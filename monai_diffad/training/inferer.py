@@ -31,10 +31,14 @@ class AutocastDiffusionInferer(DiffusionInferer):
         super().__init__(scheduler)
         self.autocast_dtype = look_up_option(autocast_dtype, AUTOCAST_DTYPES)
 
-    def __call__(self, inputs: torch.Tensor, diffusion_model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # keeps DiffusionInferer's parameter names, which differ from Inferer's (MONAI's own override ignores this too)
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor, diffusion_model: torch.nn.Module, *args: Any, **kwargs: Any
+    ) -> Any:
         """Same arguments and result as ``DiffusionInferer.__call__`` (the prediction is cast back to float32)."""
+        # MONAI annotates the network as DiffusionModelUNet but only calls it; trainers pass DDP-wrapped ones too
         if self.autocast_dtype is None:
-            return super().__call__(inputs, diffusion_model, *args, **kwargs)
+            return super().__call__(inputs, diffusion_model, *args, **kwargs)  # type: ignore[arg-type]
         with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype):
-            out = super().__call__(inputs, diffusion_model, *args, **kwargs)
+            out = super().__call__(inputs, diffusion_model, *args, **kwargs)  # type: ignore[arg-type]
         return out.float() if isinstance(out, torch.Tensor) else out

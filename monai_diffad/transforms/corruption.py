@@ -537,7 +537,9 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         for i in range(b):
             j = (i + 1 + self.R.randint(b - 1)) % b if b > 1 else None
             fg = None if foreground is None else foreground[i]
-            images.append(self(x0[i], foreground=fg, foreign=None if j is None else x0[j]))
+            image = self(x0[i], foreground=fg, foreign=None if j is None else x0[j])
+            assert isinstance(image, torch.Tensor)  # the output has the input's type
+            images.append(image)
             alphas.append(self.alpha)
             steps.append(self.timestep)
             masks.append(self.mask)

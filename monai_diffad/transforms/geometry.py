@@ -283,7 +283,9 @@ class BrainCentredCropOrPadd(MapTransform, InvertibleTransform):
         for key in self.key_iterator(d):
             img = d[key]
             extra = [(0, 0)] * (img.ndim - 3)
-            img = pad_func(img, ((0, 0), *pads, *extra), self.get_transform_info(), "constant", False)
+            to_pad = ((0, 0), *pads, *extra)
+            # MONAI annotates to_pad as a 1-tuple; it takes one (before, after) pair per dimension
+            img = pad_func(img, to_pad, self.get_transform_info(), "constant", False)  # type: ignore[arg-type]
             d[key] = crop_func(img, (slice(None), *crops, *[slice(None)] * len(extra)), False, self.get_transform_info())
         return d
 

@@ -134,7 +134,7 @@ class ForegroundPercentileScaled(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.scaler = ForegroundPercentileScale(percentile, threshold)
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+    def __call__(self, data: Mapping[Hashable, torch.Tensor | np.ndarray]) -> dict[Hashable, torch.Tensor | np.ndarray]:
         d = dict(data)
         for key in self.key_iterator(d):
             try:

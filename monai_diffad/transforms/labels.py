@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 __all__ = ["AnomalyMapToLabel", "AnomalyMapToLabeld", "ANOMALY_LABELS"]
@@ -50,7 +51,7 @@ class AnomalyMapToLabel(Transform):
         label = torch.zeros_like(amap, dtype=torch.uint8)
         for level in self.levels:
             label += (amap >= level).to(torch.uint8)
-        if hasattr(amap, "copy_meta_from"):
+        if isinstance(amap, MetaTensor):
             label = type(amap)(label, meta=amap.meta, applied_operations=amap.applied_operations)
         return label
 

@@ -65,8 +65,8 @@ def star_shape_mask(
     shape: Sequence[int],
     center: Sequence[float],
     radius: float,
-    amplitudes: Sequence[float],
-    phases: Sequence[float],
+    amplitudes: Sequence[float] | np.ndarray,
+    phases: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Pixels inside ``r(theta) = radius * (1 + sum_k a_k cos(k theta + phi_k))``, harmonics ``k = 2, 3, ...``.
 
@@ -128,8 +128,8 @@ def paint_stroke_like(
     brain: np.ndarray,
     center: Sequence[float],
     radius: float,
-    amplitudes: Sequence[float],
-    phases: Sequence[float],
+    amplitudes: Sequence[float] | np.ndarray,
+    phases: Sequence[float] | np.ndarray,
     factor: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Darken a star-shaped region (clipped to the brain) by ``factor``.
@@ -275,7 +275,8 @@ class RandSyntheticLesion(RandomizableTransform):
             ring_width=max(int(round(ring * s)), 1) if ring else 0,
         )
 
-    def __call__(
+    # takes the brain mask as a second argument, which MONAI's one-argument Transform.__call__ does not declare
+    def __call__(  # type: ignore[override]
         self, img: NdarrayOrTensor, brain_mask: NdarrayOrTensor, randomize: bool = True
     ) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
         """Paint a lesion.

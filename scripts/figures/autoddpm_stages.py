@@ -29,6 +29,7 @@ from monai_diffad.inferers.autoddpm import AutoDDPMInferer  # noqa: E402
 from monai_diffad.inferers.output import AnomalyOutput  # noqa: E402
 from monai_diffad.networks import ddpm_scheduler  # noqa: E402
 
+
 def render_stages(
     inputs: torch.Tensor, out: AnomalyOutput, path: str, title: str, label: torch.Tensor | None = None
 ) -> None:
