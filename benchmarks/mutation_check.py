@@ -53,7 +53,7 @@ MUTATIONS = (
         ("tests/test_inferers.py", "tests/test_determinism.py"),
     ),
     Mutation(
-        "int8_scale_x50", "int8 checkpoints load as the weights they were made from", "monai_diffad/quantization.py",
+        "int8_scale_x50", "int8 checkpoints load as the weights they were made from", "monai_diffad/int8.py",
         "state[name] = (q.float() * scale[name]", "state[name] = (q.float() * 50 * scale[name]",
         ("tests/test_quantization.py",),
     ),

@@ -15,7 +15,6 @@ from monai.bundle import ConfigParser
 from monai.utils import look_up_option
 
 from monai_diffad.noise import NoiseType
-from monai_diffad.quantization import materialize_int8
 
 __all__ = [
     "bundle_root",
@@ -146,6 +145,10 @@ def _weights_file(models: str, stem: str) -> str:
     int8 = os.path.join(models, f"{stem}_int8.pt")
     if os.path.isfile(plain) or not os.path.isfile(int8):
         return plain
+    # imported here: the package imports this module, and `python -m monai_diffad.quantization` must find its
+    # module not yet loaded
+    from monai_diffad.quantization import materialize_int8
+
     return materialize_int8(int8)
 
 

@@ -15,6 +15,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
 
+from monai_diffad.int8 import dequantize_state_dict, is_int8_state_dict
+
 __all__ = [
     "PAPER_UNET",
     "DEMO_UNET",
@@ -123,7 +125,7 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
     which refuses pickled objects other than tensors and plain containers. Int8 checkpoints written by
-    :func:`monai_diffad.quantization.quantize_state_dict` are returned dequantized.
+    :func:`monai_diffad.int8.quantize_state_dict` are returned dequantized.
 
     Args:
         path: checkpoint file.
@@ -155,8 +157,6 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
             raise ValueError(f"Cannot read '{path}' as safetensors ({type(e).__name__}: {e}).") from e
     else:
         obj = load_weights_only(path)
-    # imported here: a module-level import would load the quantization CLI before ``python -m`` runs it
-    from monai_diffad.quantization import dequantize_state_dict, is_int8_state_dict
 
     if is_int8_state_dict(obj):
         try:

@@ -26,68 +26,14 @@ import argparse
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
+from monai_diffad.int8 import INT8_FORMAT, dequantize_state_dict, is_int8_state_dict, quantize_state_dict
+from monai_diffad.networks import load_state_dict_safely, load_weights_only
+
 __all__ = ["INT8_FORMAT", "is_int8_state_dict", "quantize_state_dict", "dequantize_state_dict", "materialize_int8"]
-
-INT8_FORMAT = "monai_diffad.int8/1"
-
-
-def is_int8_state_dict(obj: Any) -> bool:
-    """Whether ``obj`` is a checkpoint written by :func:`quantize_state_dict`."""
-    return isinstance(obj, Mapping) and obj.get("format") == INT8_FORMAT
-
-
-def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], min_numel: int = 1024) -> dict[str, Any]:
-    """Store the large floating-point tensors of a state dict as per-output-channel int8.
-
-    Args:
-        state_dict: ``{name: tensor}``; tensors of any device and dtype.
-        min_numel: floating-point tensors with at least this many elements and at least 2 dimensions are quantized;
-            the rest are kept unchanged.
-
-    Returns:
-        The int8 checkpoint described in the module docstring (all tensors on the CPU).
-    """
-    int8: dict[str, torch.Tensor] = {}
-    scale: dict[str, torch.Tensor] = {}
-    dtype: dict[str, str] = {}
-    other: dict[str, torch.Tensor] = {}
-    for name, value in state_dict.items():
-        value = value.detach().cpu()
-        if not value.is_floating_point() or value.ndim < 2 or value.numel() < min_numel:
-            other[name] = value.clone()
-            continue
-        w = value.float().reshape(value.shape[0], -1)
-        amax = w.abs().amax(dim=1)
-        s = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))  # an all-zero channel stays exactly zero
-        int8[name] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8).reshape(value.shape)
-        scale[name] = s
-        dtype[name] = str(value.dtype).removeprefix("torch.")
-    return {"format": INT8_FORMAT, "int8": int8, "scale": scale, "dtype": dtype, "other": other}
-
-
-def dequantize_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Rebuild a ``{name: tensor}`` state dict from :func:`quantize_state_dict`'s output.
-
-    Raises:
-        ValueError: ``checkpoint`` is not an int8 checkpoint, or its entries do not match.
-    """
-    if not is_int8_state_dict(checkpoint):
-        raise ValueError(f"Not an int8 checkpoint (expected format '{INT8_FORMAT}').")
-    int8, scale, dtype = checkpoint["int8"], checkpoint["scale"], checkpoint["dtype"]
-    if set(int8) != set(scale) or set(int8) != set(dtype):
-        raise ValueError("Int8 checkpoint is inconsistent: 'int8', 'scale' and 'dtype' name different tensors.")
-    state = {name: value.clone() for name, value in checkpoint["other"].items()}
-    for name, q in int8.items():
-        target = getattr(torch, dtype[name], None)
-        if not isinstance(target, torch.dtype) or q.dtype != torch.int8 or scale[name].shape != q.shape[:1]:
-            raise ValueError(f"Int8 checkpoint entry '{name}' is malformed.")
-        state[name] = (q.float() * scale[name].reshape(-1, *([1] * (q.ndim - 1)))).to(target)
-    return state
 
 
 def materialize_int8(path: str, cache_dir: str | None = None) -> str:
@@ -112,8 +58,6 @@ def materialize_int8(path: str, cache_dir: str | None = None) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     target = os.path.join(cache_dir, f"{stem}-{digest.hexdigest()[:16]}.pt")
     if not os.path.isfile(target):
-        from monai_diffad.networks import load_weights_only  # imported here: networks imports this module lazily too
-
         state = dequantize_state_dict(load_weights_only(path))
         os.makedirs(cache_dir, exist_ok=True)
         partial = f"{target}.{os.getpid()}.tmp"  # concurrent ranks each write their own file, then rename atomically
@@ -130,8 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("target", help="int8 checkpoint to write (.pt)")
     parser.add_argument("--min-numel", type=int, default=1024, help="smallest tensor to quantize (default 1024)")
     args = parser.parse_args(argv)
-    from monai_diffad.networks import load_state_dict_safely
-
     state = load_state_dict_safely(args.source)
     checkpoint = quantize_state_dict(state, min_numel=args.min_numel)
     torch.save(checkpoint, args.target)

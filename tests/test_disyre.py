@@ -13,8 +13,7 @@ from conftest import BATCH_ATOL, phantom
 from monai.bundle import ConfigParser
 from monai.inferers import DiffusionInferer, SimpleInferer
 
-from monai_diffad.inferers.disyre import DISYREInferer, disyre_unet
-from monai_diffad.inferers.disyre_schedule import (
+from monai_diffad.disyre_schedule import (
     corruption_alphas,
     disyre_scheduler,
     reference_timestep,
@@ -22,6 +21,7 @@ from monai_diffad.inferers.disyre_schedule import (
     restoration_update,
     timestep_for_alpha,
 )
+from monai_diffad.inferers.disyre import DISYREInferer, disyre_unet
 from monai_diffad.networks import load_state_dict_safely
 from monai_diffad.training.disyre import AutocastSimpleInferer, DISYREPrepareBatch, frozen_corruption_items
 from monai_diffad.transforms.corruption import (

@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.join(REPO, "monailabel_app"))
 
 
 from lib.configs import task_configs  # noqa: E402
-
 from monai_diffad import THORInferer  # noqa: E402
 from monai_diffad.networks import ddpm_scheduler  # noqa: E402
 

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
+from monai_diffad.disyre_schedule import corruption_alphas, disyre_scheduler
 from monai_diffad.inferers.autoddpm import AutoDDPMInferer, binary_anomaly_mask, initial_anomaly_map, stitch
 from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
 from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
 from monai_diffad.inferers.disyre import DISYRE_DEMO_UNET, DISYRE_PAPER_UNET, DISYRE_SCORING, DISYREInferer, disyre_unet
-from monai_diffad.inferers.disyre_schedule import corruption_alphas, disyre_scheduler
 from monai_diffad.inferers.output import AnomalyOutput
 from monai_diffad.inferers.partial_diffusion import PartialDiffusionInferer, SeededNoise
 from monai_diffad.inferers.posterior import forward_step, posterior_step, predict_original

@@ -20,8 +20,7 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import ensure_tuple_rep, look_up_option
 from tqdm.auto import tqdm
 
-from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
-from monai_diffad.inferers.disyre_schedule import (
+from monai_diffad.disyre_schedule import (
     UPDATE_RULES,
     check_step_size,
     check_timesteps,
@@ -30,6 +29,7 @@ from monai_diffad.inferers.disyre_schedule import (
     restoration_timesteps,
     restoration_update,
 )
+from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
 from monai_diffad.networks import diffusion_unet
 from monai_diffad.transforms.corruption import RandForeignPatchCorruption, interpolate_foreign_patch
 
@@ -108,7 +108,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
     Args:
         scheduler: scheduler for the parent's calls and, when it is a ``DDPMScheduler``, the α_t table that
             detection and training read (checked when they run); ``None`` uses
-            :func:`~monai_diffad.inferers.disyre_schedule.disyre_scheduler` (T = 100, β 1e-3 → 0.2).
+            :func:`~monai_diffad.disyre_schedule.disyre_scheduler` (T = 100, β 1e-3 → 0.2).
         step_size: s, in [1, T] (paper 25; T checked when detection runs).
         scoring: one of :data:`DISYRE_SCORING`.
         update: one of ``UPDATE_RULES`` (``"paper"`` or ``"cold"``), for ``"multi_step"``.

@@ -4,7 +4,7 @@
 A corrupted image is x_t = (1 − α·m)·x0 + α·m·x_fp (paper Eq. 1): m ∈ [0, 1] is a soft shape mask inside a square
 "anomaly window" of side P centred on a random foreground pixel, x_fp a P × P patch cropped from the foreground of
 *another* healthy image and placed in that window, α the interpolation factor tied to a timestep t by DISYRE's
-schedule (:mod:`monai_diffad.inferers.disyre_schedule`).
+schedule (:mod:`monai_diffad.disyre_schedule`).
 
 Geometry follows the reference code (snavalm/disyre) at its scale — a 64-px window in 128² images, shapes of
 10–44 px, edge blur σ ∈ [0, 5] px with probability 0.7, rectangles rotated by up to ±15° with probability 0.5 — and
@@ -27,7 +27,7 @@ from monai.transforms import GaussianSmooth, MapTransform, RandBiasField, Random
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type, convert_to_tensor, look_up_option
 
-from monai_diffad.inferers.disyre_schedule import corruption_alphas, disyre_scheduler, timestep_for_alpha
+from monai_diffad.disyre_schedule import corruption_alphas, disyre_scheduler, timestep_for_alpha
 
 __all__ = [
     "SHAPE_KINDS",
@@ -363,7 +363,7 @@ class RandForeignPatchCorruption(Randomizable, Transform):
     (``intensity_matching``) and multiplied by a random smooth bias field (``bias_prob``).
 
     Args:
-        alphas: the ``(T + 1,)`` α_t table (:func:`~monai_diffad.inferers.disyre_schedule.corruption_alphas`);
+        alphas: the ``(T + 1,)`` α_t table (:func:`~monai_diffad.disyre_schedule.corruption_alphas`);
             ``None`` uses the paper's schedule (T = 100, β 1e-3 → 0.2).
         timestep_sampling: one of :data:`TIMESTEP_SAMPLING` (reference default ``"uniform_alpha"``).
         alpha_range: α range for ``"uniform_alpha"`` (reference [0, 1]).
