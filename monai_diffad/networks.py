@@ -28,7 +28,7 @@ __all__ = [
     "load_diffusion_unet",
 ]
 
-#: THOR / AutoDDPM reference network (18.04 M parameters at 128x128; algorithms.md "Shared diffusion setup").
+#: THOR / AutoDDPM reference network (18.04 M parameters at 128x128; docs/methods.md).
 PAPER_UNET: dict[str, Any] = {
     "channels": [128, 256, 256],
     "attention_levels": [False, True, True],

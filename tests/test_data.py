@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Data conventions, synthetic lesions and set building (data.md)."""
+"""Data conventions, synthetic lesions and set building (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_save_nifti_slice_roundtrip(tmp_path):
 @pytest.mark.parametrize("name, n_slices", [("mni152", 106), ("robex", 86), ("deepmriprep", 106), ("colin27", 103)])
 def test_source_volumes(name, n_slices):
     if not source_available(name):
-        pytest.skip(f"source '{name}' is not installed (see data.md)")
+        pytest.skip(f"source '{name}' is not installed (see docs/data.md)")
     volume = load_source_volume(name)
     assert volume["image"].ndim == 3 and volume["mask"].shape == volume["image"].shape
     assert volume["image"].min() == 0.0 and volume["image"].max() == 1.0

@@ -138,7 +138,7 @@ def ensure_training_set(dataset_dir: str, resolution: int = 64) -> str:
 
 
 def training_augmentation(resolution: int = 64, keys: tuple[str, str] = ("image", "mask")) -> Compose:
-    """data.md Recipe 1: MONAI augmentation that turns three anatomies into many plausible "subjects".
+    """docs/data.md Recipe 1: MONAI augmentation that turns three anatomies into many plausible "subjects".
 
     Values are set for 128 x 128; at 64 x 64 the translation and the elastic grid spacing (both in pixels) are halved.
 
@@ -184,7 +184,7 @@ def training_augmentation(resolution: int = 64, keys: tuple[str, str] = ("image"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Development evaluation set (data.md Recipe 2) and demo data
+# Development evaluation set (docs/data.md Recipe 2) and demo data
 # ---------------------------------------------------------------------------------------------------------------
 
 #: Lesion slices per (lesion type, size class) and lesion-free slices of the development set.
@@ -346,7 +346,7 @@ def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
     datalist = {
         "name": "monai-diffad synthetic development set",
         "description": SYNTHETIC_NOTE,
-        "reference": "Colin27 (Holmes et al. 1998) from Debian mricron-data; lesions per data.md Recipe 2",
+        "reference": "Colin27 (Holmes et al. 1998) from Debian mricron-data; lesions per docs/data.md Recipe 2",
         "tensorImageSize": "2D",
         "modality": {"0": "T1"},
         "labels": {"0": "background", "1": "lesion"},

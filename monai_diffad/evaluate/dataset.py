@@ -1,7 +1,7 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Labelled 2D evaluation sets: loading (npz export or decathlon datalist), item selection, batching.
 
-A set is what ``python -m monai_diffad.data build --what dev`` writes (data.md, Recipe 2): images in [0, 1], binary
+A set is what ``python -m monai_diffad.data build --what dev`` writes (docs/data.md, Recipe 2): images in [0, 1], binary
 lesion masks, brain masks and a size class per item (0 lesion-free, 1 small, 2 medium, 3 large, from the 128 x 128
 masks even in the 64 x 64 variant).
 """

@@ -65,7 +65,7 @@ THRESHOLD_SCOPE = {
 }
 _STRATUM_HEADERS = {"all": "avg", "small": "small", "medium": "medium", "large": "large"}
 _SYNTHETIC_NOTE = (
-    "Synthetic benchmark (Colin27 slices with painted stroke- and tumour-like lesions, `data.md` Recipe 2): its "
+    "Synthetic benchmark (Colin27 slices with painted stroke- and tumour-like lesions, `docs/data.md` Recipe 2): its "
     "numbers are not comparable to the papers' ATLAS/BraTS tables."
 )
 _METRICS_NOTE = (

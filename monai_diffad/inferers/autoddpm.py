@@ -112,7 +112,7 @@ def stitch(mask: torch.Tensor, inside: torch.Tensor, outside: torch.Tensor) -> t
 class AutoDDPMInferer(PartialDiffusionInferer):
     """AutoDDPM anomaly detection: mask, stitch and re-sample with one trained DDPM.
 
-    Procedure (algorithms.md § AutoDDPM, reference-code parity by default), inputs x in [0, 1]:
+    Procedure (docs/methods.md, AutoDDPM, reference-code parity by default), inputs x in [0, 1]:
 
     1. Reconstruction x̂: noise x to L = ``noise_level`` (200) and denoise to 0 (L + 1 calls), clamp to [0, 1].
     2. Mask: c = P(x, x̂) · clip(|x − x̂| / p95, 0, 1) (:func:`initial_anomaly_map`; P is LPIPS-squeeze by default,

@@ -59,7 +59,7 @@ def harmonize(x0_hat: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor) 
 class THORInferer(PartialDiffusionInferer):
     """THOR anomaly detection with a DDPM, Gaussian or Simplex variant.
 
-    Procedure (algorithms.md § THOR, reference code parity by default), inputs x in [0, 1]:
+    Procedure (docs/methods.md, THOR, reference code parity by default), inputs x in [0, 1]:
 
     1. ε0 ~ noise; x_L = add_noise(x, ε0, L).
     2. For t = L, …, 0 (L + 1 network calls): one reverse step gives x̂0 (clipped by the scheduler) and x_{t-1}.

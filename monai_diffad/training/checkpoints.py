@@ -56,7 +56,7 @@ def warm_start(
 
     A resumable checkpoint wins (it restores the optimiser too), so this only acts when ``resume_from`` is ``None``.
     ``weights`` may be a plain or int8 state dict (:func:`monai_diffad.networks.load_state_dict_safely`): this is how a
-    run continues from the EMA weights another session exported, with a fresh optimiser.
+    run continues from EMA weights an earlier run exported, with a fresh optimiser.
 
     Args:
         network: the trained network; a ``DistributedDataParallel`` (or ``DataParallel``) wrapper is loaded through

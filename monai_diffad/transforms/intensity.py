@@ -57,7 +57,7 @@ class MaskedPercentileNormalized(MapTransform):
     Args:
         keys: image keys to normalise.
         mask_key: key of the brain mask.
-        percentile: brain percentile mapped to 1 (data.md: 99.5).
+        percentile: brain percentile mapped to 1 (docs/data.md: 99.5).
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -86,7 +86,7 @@ class MaskedPercentileNormalized(MapTransform):
 class ForegroundPercentileScale(Transform):
     """``clip(x / p(x[fg]), 0, 1)`` with fg = ``x > threshold``; the background stays 0.
 
-    The training slices were normalised per volume by the 99.5th percentile inside the brain (data.md); on a
+    The training slices were normalised per volume by the 99.5th percentile inside the brain (docs/data.md); on a
     skull-stripped input the foreground is where the image is above the background level, so the same rule applies
     without a separate mask. Apply it to the whole volume so all slices share one scale.
 

@@ -1,5 +1,5 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Synthetic stroke-like and tumour-like lesions with exact masks (data.md Recipe 2).
+"""Synthetic stroke-like and tumour-like lesions with exact masks (docs/data.md Recipe 2).
 
 These build a **synthetic benchmark from real anatomy, not a clinical data set**. The painted pixels are the mask,
 exactly: nothing is blurred after painting. Sizes are stratified by the mask's pixel count at 128 x 128
@@ -138,7 +138,7 @@ def paint_stroke_like(
         image: ``(H, W)`` slice in [0, 1].
         brain: ``(H, W)`` brain mask.
         center, radius, amplitudes, phases: the star shape (see :func:`star_shape_mask`).
-        factor: intensity multiplier, data.md: ``U(0.3, 0.6)``.
+        factor: intensity multiplier, docs/data.md: ``U(0.3, 0.6)``.
 
     Returns:
         ``(painted image float32, mask bool)``; the mask is exactly the painted pixels.
@@ -167,10 +167,10 @@ def paint_tumour_like(
         brain: ``(H, W)`` brain mask.
         center: ``(x, y)``.
         radius: core radius in pixels; the semi-axes are ``radius * sqrt(aspect)`` and ``radius / sqrt(aspect)``.
-        aspect: axis ratio, data.md ``U(1, 1.6)``.
+        aspect: axis ratio, docs/data.md ``U(1, 1.6)``.
         angle: rotation in radians.
-        core_gain: data.md ``U(1.05, 1.2)``.
-        ring_width: ring thickness in pixels (0 for none; data.md: 1-3, none when ``radius < 3``).
+        core_gain: docs/data.md ``U(1.05, 1.2)``.
+        ring_width: ring thickness in pixels (0 for none; docs/data.md: 1-3, none when ``radius < 3``).
 
     Returns:
         ``(painted image float32, mask bool)``; the mask is core and ring, exactly the painted pixels.
@@ -200,7 +200,7 @@ def _like(array: np.ndarray, reference: NdarrayOrTensor, numpy_dtype: type) -> N
 class RandSyntheticLesion(RandomizableTransform):
     """Paint one random synthetic lesion of a given type and size class into a 2D brain slice.
 
-    Parameters are drawn per data.md Recipe 2; the target area is drawn log-uniformly inside the size class (capped at
+    Parameters are drawn per docs/data.md Recipe 2; the target area is drawn log-uniformly inside the size class (capped at
     half the slice's brain area so a lesion never replaces most of the brain) and the whole lesion is redrawn until its
     mask pixel count, after clipping to the brain, falls in the class. Counts refer to 128 x 128 slices (1.5 mm);
     on other sizes pass ``pixel_scale = size / 128`` so distances and areas scale with the pixel size.
