@@ -55,7 +55,8 @@ class MethodOption:
 
     Args:
         name: the request parameter.
-        kind: ``"int"``, ``"float"``, ``"optional_float"``, ``"int_list"``, ``"bool"`` or ``"choice"``.
+        kind: ``"int"``, ``"float"``, ``"optional_float"`` (``None``/empty allowed), ``"int_list"`` (a list or a
+            comma-separated string, e.g. ``"300,150,50"``), ``"bool"`` or ``"choice"``.
         default: the value when not set; ``None`` takes the bundle's (the inferer's) value.
         help: one line for users.
         low, high: inclusive bounds of numbers (and of every list item).

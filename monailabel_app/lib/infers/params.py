@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from monai_diffad.methods import MethodOption
+
 __all__ = ["FRAMEWORK_KEYS", "InvalidInferRequest", "Option", "parse_options"]
 
 #: Request keys that MONAI Label itself, its REST endpoint, batch inference or the Slicer/client plugins put into an
@@ -56,29 +58,15 @@ def _integer(name: str, value: Any) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Option:
-    """One request option.
+class Option(MethodOption):
+    """One request option: a method setting (:class:`monai_diffad.methods.MethodOption`: ``name``, ``kind``,
+    ``default``, ``help``, ``low``, ``high``, ``target``) that the app parses and validates, or one of its own.
 
     Args:
-        name: key in the request's ``params``.
-        kind: ``"int"``, ``"float"``, ``"optional_float"`` (``None``/empty allowed), ``"int_list"`` (a list or a
-            comma-separated string, e.g. ``"300,150,50"``), ``"bool"`` or ``"choice"``.
-        default: value used when the request does not set the option.
-        help: one line for the README and error messages.
-        low: inclusive lower bound (numbers, every list item).
-        high: inclusive upper bound (numbers, every list item).
         choices: allowed values of a ``"choice"`` option; the first is shown first in Slicer's combo box.
-        target: keyword of the inferer constructor that receives the value; ``None`` for options the task uses itself.
     """
 
-    name: str
-    kind: str
-    default: Any
-    help: str
-    low: float | None = None
-    high: float | None = None
     choices: tuple[str, ...] = ()
-    target: str | None = None
 
     def with_default(self, default: Any) -> Option:
         """A copy with another default, validated like a request value."""
