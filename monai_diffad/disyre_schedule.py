@@ -27,6 +27,7 @@ from monai.utils import look_up_option
 
 __all__ = [
     "DISYRE_NUM_STEPS",
+    "STEP_SCHEDULES",
     "UPDATE_RULES",
     "check_step_size",
     "check_timesteps",
@@ -34,6 +35,7 @@ __all__ = [
     "corruption_alphas",
     "timestep_for_alpha",
     "reference_timestep",
+    "reference_restoration_steps",
     "restoration_timesteps",
     "restoration_update",
 ]
@@ -43,6 +45,10 @@ DISYRE_NUM_STEPS = 100
 #: ``"paper"``: Algorithm 1's Q, x_{t'} = (1 − α_{t'})·x̂0 + α_{t'}·x_t. ``"cold"``: the reference sampler's default,
 #: the cold-diffusion update x_{t'} = x̂0 + (α_{t'}/α_t)·(x_t − x̂0).
 UPDATE_RULES = ("paper", "cold")
+#: Which corruption level the network is told at each call. ``"reference"``: the reference evaluation's trailing
+#: timesteps T − 1, T − 1 − s, … read through the reference's training map (α = √ᾱ_t, see
+#: :func:`reference_restoration_steps`). ``"paper"``: Algorithm 1's t = T, T − s, … in the paper convention.
+STEP_SCHEDULES = ("reference", "paper")
 
 
 def disyre_scheduler(
@@ -121,6 +127,35 @@ def reference_timestep(alpha: torch.Tensor, scheduler: DDPMScheduler) -> torch.T
     """
     root = scheduler.alphas_cumprod.to(alpha.device, torch.float32).sqrt()
     return (root[None, :] - alpha.float().reshape(-1, 1)).abs().argmin(dim=1)
+
+
+def reference_restoration_steps(scheduler: DDPMScheduler, step_size: int) -> tuple[list[int], list[float]]:
+    """The reference evaluation's network calls, expressed for a paper-convention network.
+
+    The reference sampler visits t_ref = T − 1, T − 1 − s, … ≥ 0 ("trailing" spacing; T = 100, s = 25: 99, 74, 49,
+    24). Its network was trained with t_ref = argmin|√ᾱ_t − α| (0-based table), so at t_ref it is told the
+    interpolation factor α = √ᾱ_{t_ref} — about 0.005, 0.05, 0.27, 0.73: the reference's network is conditioned on
+    *weak* corruptions, the mirror of the paper's α_t (≈ 1 − α_t). A network trained in the paper convention is told
+    the same α by calling it at the paper t whose α_t is nearest (T = 100, s = 25: 3, 10, 25, 50). The reference's
+    multi-step sampler meanwhile updates its state with the flipped table, α = √ᾱ_{T − 1 − t_ref} (≈ 1.00, 0.71,
+    0.26, 0.05), which this function returns as well so that a multi-step restoration can reproduce it.
+
+    Args:
+        scheduler: the DDPM table (T = 100, β 1e-3 → 0.2 in the reference).
+        step_size: s, in [1, T].
+
+    Returns:
+        ``(timesteps, update_alphas)``: the paper timesteps to call the network at, in the reference's call order
+        (ascending t), and the α in [0, 1] the reference's sampler uses to update the state after each call.
+
+    Raises:
+        ValueError: ``step_size`` outside [1, T].
+    """
+    root = scheduler.alphas_cumprod.detach().double().cpu().sqrt()
+    t_max = len(root)
+    reference_steps = [t - 1 for t in restoration_timesteps(t_max, step_size)]
+    timesteps = timestep_for_alpha(root[reference_steps].float(), corruption_alphas(scheduler))
+    return [int(t) for t in timesteps], [float(root[t_max - 1 - t]) for t in reference_steps]
 
 
 def check_step_size(step_size: int, num_steps: int | None = None) -> int:

@@ -21,11 +21,13 @@ from monai.utils import ensure_tuple_rep, look_up_option
 from tqdm.auto import tqdm
 
 from monai_diffad.disyre_schedule import (
+    STEP_SCHEDULES,
     UPDATE_RULES,
     check_step_size,
     check_timesteps,
     corruption_alphas,
     disyre_scheduler,
+    reference_restoration_steps,
     restoration_timesteps,
     restoration_update,
 )
@@ -33,11 +35,25 @@ from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
 from monai_diffad.networks import diffusion_unet
 from monai_diffad.transforms.corruption import RandForeignPatchCorruption, interpolate_foreign_patch
 
-__all__ = ["DISYREInferer", "DISYRE_DEMO_UNET", "DISYRE_PAPER_UNET", "DISYRE_SCORING", "disyre_unet"]
+__all__ = [
+    "DISYREInferer",
+    "DISYRE_DEMO_UNET",
+    "DISYRE_PAPER_UNET",
+    "DISYRE_SCORING",
+    "FOREGROUND_WEIGHTING",
+    "X0_CLAMPING",
+    "disyre_unet",
+]
 
 #: ``"multi_step"``: paper Algorithm 1, the state is updated between calls and AS accumulates |x̂0 − x_t|.
 #: ``"mean_single_step"``: the reference evaluation, x is never updated and AS averages |x − P(x, t)|.
 DISYRE_SCORING = ("multi_step", "mean_single_step")
+#: ``"after"`` (reference): the residual and the state update read the raw prediction P(x_t, t); only what is kept
+#: (x̂0, the updated state) is clamped to [0, 1]. ``"before"``: x̂0 is clamped first, so overshoots do not score.
+X0_CLAMPING = ("after", "before")
+#: Multiply the map by the fraction of non-zero pixels of: ``"window"`` (reference evaluation) each network-input
+#: window before blending (the whole image without ``patch_size``); ``"image"`` the whole image; ``"none"``: no weight.
+FOREGROUND_WEIGHTING = ("window", "image", "none")
 
 #: Small x0-prediction network that trains on one CPU core at 64 x 64 (the shipped demo weights).
 DISYRE_DEMO_UNET: dict[str, Any] = {
@@ -95,32 +111,40 @@ class DISYREInferer(DiffusionAnomalyInferer):
     - :meth:`detect` (inherited) — validation, value-range mapping, 3D volumes slice-wise, sliding windows for
       images larger than ``patch_size``, foreground masking and the image score; ``inferer(inputs, model)`` runs it.
 
-    Restoration (``scoring="multi_step"``, paper Algorithm 1) visits t = T, T − s, … > 0 (T = 100, s = 25: four
-    network calls at 100, 75, 50, 25): x̂0 = P(x_t, t); AS += |x̂0 − x_t|; x_t ← update(x̂0, x_t) to the next t (the
-    paper's Q with m = 1, ``update="paper"``, or the reference's cold-diffusion update, ``update="cold"``); the last
-    x̂0 is the pseudo-healthy image. ``scoring="mean_single_step"`` (reference evaluation) keeps x_t = x and
-    averages |x − P(x, t)|. Timesteps follow the paper's convention (t large = strong corruption); the reference's
-    evaluation steps {99, 74, 49, 24} are in its reversed convention and only meaningful for its checkpoints (pass
-    them as ``timesteps`` for such a network). The map is AS divided by the number of calls (so it lies in [0, 1]),
-    averaged over channels, then multiplied by (x > 0) (``foreground_mask``) and by the image's fraction of non-zero
-    pixels (``foreground_weighting``, reference evaluation).
+    Restoration (``scoring="multi_step"``, paper Algorithm 1) makes one network call per step: x̂0 = P(x_t, t);
+    AS += |x̂0 − x_t|; x_t ← update(x̂0, x_t) to the next level (the paper's Q with m = 1, ``update="paper"``, or the
+    reference's cold-diffusion update, ``update="cold"``); the last x̂0 is the pseudo-healthy image.
+    ``scoring="mean_single_step"`` (reference evaluation) keeps x_t = x and averages |x − P(x, t)|. Our networks
+    take the paper's convention (t large = strong corruption). ``step_schedule="paper"`` calls them at t = T, T − s,
+    … > 0 (T = 100, s = 25: 100, 75, 50, 25, i.e. α ≈ 1.00, 0.95, 0.73, 0.27). ``step_schedule="reference"`` tells
+    the network what the reference evaluation tells its own: the reference calls t_ref = 99, 74, 49, 24, which its
+    training map ties to α ≈ 0.005, 0.05, 0.27, 0.73, so ours is called at the paper t with the nearest α_t (3, 10,
+    25, 50, in that order) and a multi-step update uses the reference sampler's α
+    (:func:`~monai_diffad.disyre_schedule.reference_restoration_steps`). The residual is taken from the raw
+    prediction and clamped after (``clamp_x0="after"``, reference) or from the clamped one (``"before"``). The map is
+    AS divided by the number of calls, averaged over channels, then multiplied by (x > 0) (``foreground_mask``) and
+    by the fraction of non-zero pixels (``foreground_weighting``: per network window, as the reference evaluation).
 
     Args:
         scheduler: scheduler for the parent's calls and, when it is a ``DDPMScheduler``, the α_t table that
             detection and training read (checked when they run); ``None`` uses
             :func:`~monai_diffad.disyre_schedule.disyre_scheduler` (T = 100, β 1e-3 → 0.2).
-        step_size: s, in [1, T] (paper 25; T checked when detection runs).
+        step_size: s, in [1, T] (paper and reference 25; T checked when detection runs).
         scoring: one of :data:`DISYRE_SCORING`.
         update: one of ``UPDATE_RULES`` (``"paper"`` or ``"cold"``), for ``"multi_step"``.
-        timesteps: explicit strictly descending timesteps in [0, T] instead of T, T − s, … (T checked when
-            detection runs).
+        step_schedule: one of ``STEP_SCHEDULES`` (``"paper"``, default, or ``"reference"``), see above.
+        timesteps: explicit strictly descending paper timesteps in [0, T] instead of ``step_schedule``'s (T checked
+            when detection runs); a multi-step update then uses their own α_t.
         patch_size: the training patch ``(H, W)``; larger (or differently shaped) images go through
             ``monai.inferers.sliding_window_inference`` with this window. ``None``: whole images.
         sw_overlap: window overlap (reference: stride 32 for 128 windows, 0.75).
         sw_sigma_scale: σ of the Gaussian window weights relative to the window (reference σ = 16 at 128: 0.125).
         sw_batch_size: windows per network call.
         foreground_mask: multiply the map by (x > 0) (reference).
-        foreground_weighting: multiply the map by the fraction of non-zero pixels (reference evaluation).
+        foreground_weighting: one of :data:`FOREGROUND_WEIGHTING` (default ``"none"``; ``"window"`` is the reference
+            evaluation's);
+            ``True`` / ``False`` mean ``"window"`` / ``"none"``.
+        clamp_x0: one of :data:`X0_CLAMPING` (default ``"before"``; ``"after"`` is the reference's).
         value_range: intensity range of the inputs (mapped to [0, 1], where corruption and restoration happen).
         model_range: range the network was trained on (DISYRE trains on [0, 1]).
         corruption: the random corruption used by :meth:`training_loss` (its table must have T + 1 entries, checked
@@ -140,13 +164,15 @@ class DISYREInferer(DiffusionAnomalyInferer):
         step_size: int = 25,
         scoring: str = "multi_step",
         update: str = "paper",
+        step_schedule: str = "paper",
         timesteps: Sequence[int] | None = None,
         patch_size: Sequence[int] | int | None = None,
         sw_overlap: float = 0.75,
         sw_sigma_scale: float = 0.125,
         sw_batch_size: int = 8,
         foreground_mask: bool = True,
-        foreground_weighting: bool = False,
+        foreground_weighting: bool | str = "none",
+        clamp_x0: str = "before",
         value_range: Sequence[float] = (0.0, 1.0),
         model_range: Sequence[float] = (0.0, 1.0),
         corruption: RandForeignPatchCorruption | None = None,
@@ -162,6 +188,8 @@ class DISYREInferer(DiffusionAnomalyInferer):
         self.step_size = check_step_size(step_size)
         self.scoring = look_up_option(scoring, DISYRE_SCORING)
         self.update = look_up_option(update, UPDATE_RULES)
+        self.step_schedule = look_up_option(step_schedule, STEP_SCHEDULES)
+        self.clamp_x0 = look_up_option(clamp_x0, X0_CLAMPING)
         self.timesteps = None if timesteps is None else check_timesteps(timesteps)
         self.patch_size = None if patch_size is None else tuple(int(p) for p in ensure_tuple_rep(patch_size, 2))
         if self.patch_size is not None and min(self.patch_size) < 1:
@@ -175,7 +203,9 @@ class DISYREInferer(DiffusionAnomalyInferer):
         self.sw_overlap, self.sw_sigma_scale = float(sw_overlap), float(sw_sigma_scale)
         self.sw_batch_size = int(sw_batch_size)
         self.foreground_mask = bool(foreground_mask)
-        self.foreground_weighting = bool(foreground_weighting)
+        if isinstance(foreground_weighting, bool):  # the former on/off switch; on is the reference's per window
+            foreground_weighting = "window" if foreground_weighting else "none"
+        self.foreground_weighting = look_up_option(foreground_weighting, FOREGROUND_WEIGHTING)
         self._corruption = corruption
 
     # ------------------------------------------------------------------ schedule
@@ -218,10 +248,16 @@ class DISYREInferer(DiffusionAnomalyInferer):
         return len(self.restoration_steps())
 
     def restoration_steps(self) -> list[int]:
-        """Descending timesteps of the network calls (T = 100, s = 25: [100, 75, 50, 25])."""
-        if self.timesteps is not None:
-            return list(self.timesteps)
-        return restoration_timesteps(self.num_train_timesteps, self.step_size)
+        """Paper timesteps of the network calls, in call order (T = 100, s = 25: ``"reference"`` [3, 10, 25, 50],
+        ``"paper"`` [100, 75, 50, 25]; explicit ``timesteps`` as given)."""
+        return self._restoration_plan()[0]
+
+    def _restoration_plan(self) -> tuple[list[int], list[float]]:
+        """The network calls' timesteps and, for each, the α a multi-step update takes as that level's."""
+        if self.timesteps is not None or self.step_schedule == "paper":
+            steps = list(self.timesteps or restoration_timesteps(self.num_train_timesteps, self.step_size))
+            return steps, [self.alpha(t) for t in steps]
+        return reference_restoration_steps(self.detection_scheduler(), self.step_size)
 
     def network_input_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Whole images without ``patch_size``; otherwise the windows, whatever the images' size."""
@@ -306,20 +342,26 @@ class DISYREInferer(DiffusionAnomalyInferer):
 
         Returns:
             ``anomaly_map`` ``(B, 1, H, W)`` (mean over calls of the channel-mean residual, in [0, 1]),
-            ``pseudo_healthy`` ``(B, C, H, W)`` in [0, 1] (the last x̂0 for ``"multi_step"``, the x̂0 at the largest t
-            for ``"mean_single_step"``), ``x0`` ``(B, K, C, H, W)`` and ``maps`` ``(B, K, 1, H, W)`` per call.
+            ``pseudo_healthy`` ``(B, C, H, W)`` in [0, 1] (the last x̂0 for ``"multi_step"``, the first call's x̂0
+            for ``"mean_single_step"``), ``x0`` ``(B, K, C, H, W)`` and ``maps`` ``(B, K, 1, H, W)`` per call. The
+            maps carry ``foreground_weighting="window"``'s weight (``u`` is the window), no other masking; the
+            residuals are ≥ 0 and, with ``clamp_x0="after"``, unbounded above where the network overshoots.
         """
-        steps = self.restoration_steps()
+        steps, update_alphas = self._restoration_plan()
         x_t = u
         x0s, maps = [], []
         for i, t in enumerate(tqdm(steps, desc="DISYRE", disable=not progress, leave=False)):
-            # x̂0 is kept in the data range, where the healthy image lives
-            x0_hat = self.predict_x0(model, x_t, t).clamp(0.0, 1.0)
-            maps.append((x0_hat - x_t).abs().mean(dim=1, keepdim=True))
+            raw = self.predict_x0(model, x_t, t)
+            # x̂0 is kept in the data range, where the healthy image lives; the reference scores the raw output
+            x0_hat = raw.clamp(0.0, 1.0)
+            scored = raw if self.clamp_x0 == "after" else x0_hat
+            maps.append((scored - x_t).abs().mean(dim=1, keepdim=True))
             x0s.append(x0_hat)
             if self.scoring == "multi_step" and i + 1 < len(steps):
-                x_t = restoration_update(x0_hat, x_t, self.alpha(t), self.alpha(steps[i + 1]), self.update)
+                x_t = restoration_update(scored, x_t, update_alphas[i], update_alphas[i + 1], self.update)
         stacked_maps = torch.stack(maps, dim=1)
+        if self.foreground_weighting == "window":
+            stacked_maps = stacked_maps * _foreground_fraction(u)[:, None]
         healthy = x0s[-1] if self.scoring == "multi_step" else x0s[0]
         return {
             "anomaly_map": stacked_maps.mean(dim=1),
@@ -373,11 +415,10 @@ class DISYREInferer(DiffusionAnomalyInferer):
         else:
             out = self._restore_windows(u, diffusion_model, self.patch_size, progress)
         amap = out["anomaly_map"]
-        foreground = (u > 0).any(dim=1, keepdim=True).to(amap.dtype)
         if self.foreground_mask:
-            amap = amap * foreground
-        if self.foreground_weighting:
-            amap = amap * foreground.flatten(1).mean(dim=1).reshape(-1, 1, 1, 1)
+            amap = amap * (u > 0).any(dim=1, keepdim=True).to(amap.dtype)
+        if self.foreground_weighting == "image":
+            amap = amap * _foreground_fraction(u)
         result: dict[str, Any] = {"anomaly_map": amap, "pseudo_healthy": out["pseudo_healthy"], "intermediates": {}}
         if batch.return_intermediates:
             result["intermediates"] = {
@@ -386,3 +427,9 @@ class DISYREInferer(DiffusionAnomalyInferer):
                 "maps": out["maps"],
             }
         return result
+
+
+def _foreground_fraction(u: torch.Tensor) -> torch.Tensor:
+    """The fraction of pixels with any channel > 0 in each of ``u``'s ``(B, C, H, W)`` images, ``(B, 1, 1, 1)`` in
+    [0, 1]: the reference evaluation's weight, which lowers the scores of mostly-background windows."""
+    return (u > 0).any(dim=1).flatten(1).to(u.dtype).mean(dim=1).reshape(-1, 1, 1, 1)
