@@ -40,7 +40,8 @@ WRAPPED: dict[str, tuple[str, str]] = {
     ),
     "calibrate": (
         "monai_diffad.calibration",
-        "calibrate a method's label threshold at a healthy false-positive rate and store it in its bundle",
+        "calibrate a method's label and image thresholds at a healthy false-positive rate and store them in its "
+        "bundle",
     ),
     "data": (
         "monai_diffad.data.__main__",

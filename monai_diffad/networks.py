@@ -92,13 +92,23 @@ def diffusion_unet(
     )
 
 
-def ddpm_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) -> DDPMScheduler:
-    """The papers' schedule: T=1000, linear beta 1e-4 to 2e-2, epsilon prediction, x0 clipped to [-1, 1]."""
+def ddpm_scheduler(
+    num_train_timesteps: int = 1000, clip_sample: bool = True, variance_type: str = "fixed_small"
+) -> DDPMScheduler:
+    """The papers' schedule: T=1000, linear beta 1e-4 to 2e-2, epsilon prediction, x0 clipped to [-1, 1].
+
+    Args:
+        num_train_timesteps: T.
+        clip_sample: clip the predicted x0 to [-1, 1].
+        variance_type: variance of each reverse step: ``"fixed_small"`` (the posterior variance β̃_t, THOR and
+            AutoDDPM) or ``"fixed_large"`` (β_t, the AnoDDPM reference's sampling).
+    """
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         schedule="linear_beta",
         beta_start=1e-4,
         beta_end=2e-2,
+        variance_type=variance_type,
         prediction_type="epsilon",
         clip_sample=clip_sample,
     )

@@ -33,8 +33,10 @@ from monai_diffad.evaluate import (
 )
 from monai_diffad.evaluate.__main__ import main
 from monai_diffad.evaluate.report import run_metadata, run_provenance
+from monai_diffad.evaluate.runner import MethodMetrics
+from monai_diffad.inferers import AnomalyOutput
 from monai_diffad.methods import MethodSpec, parse_overrides, register_method, unregister_method
-from monai_diffad.metrics import ReconstructionMetric, best_dice, healthy_fpr_threshold
+from monai_diffad.metrics import ReconstructionMetric, best_dice, healthy_fpr_threshold, image_threshold_at_fpr
 from monai_diffad.networks import ddpm_scheduler
 
 torch.set_num_threads(1)
@@ -176,6 +178,8 @@ def test_evaluate_method_matches_direct_oracles():
     # the bundle calibration's threshold, measured on the same lesion-free maps
     assert m["calibrated_threshold"] == healthy_fpr_threshold(maps[free], brain[free], 0.05)
     assert m["calibration_fpr"] == 0.05
+    # the image threshold from the lesion-free items' scores: 2 of them at 5 %, so none may reach it
+    assert m["image_threshold"] == image_threshold_at_fpr(scores[free], 0.05) > scores[free].max()
     assert m["image_auroc"] == pytest.approx(roc_auc_score(CLASSES != 0, scores))
     images = torch.as_tensor(arrays["images"][:, None])
     assert m["mse"] == pytest.approx(float(((healthy[free] - images[free]) ** 2).mean()), rel=1e-5)
@@ -185,6 +189,34 @@ def test_evaluate_method_matches_direct_oracles():
     np.testing.assert_allclose(result.examples[1], maps[1, 0])
     assert result.status == "ok" and result.noise == "gaussian" and result.settings["noise_level"] == 3
     assert result.curves["dice"].shape == (101,)
+
+
+def _scored_batch(scores: list[float], size_class: list[int]) -> tuple[AnomalyOutput, dict[str, torch.Tensor]]:
+    """A batch of 16x16 items (SSIM needs 11x11) whose maps and images are 0.5, with detection scores ``scores``."""
+    n = len(scores)
+    maps = torch.full((n, 1, 16, 16), 0.5)
+    output = AnomalyOutput(anomaly_map=maps, pseudo_healthy=maps.clone(), score=torch.tensor(scores))
+    classes = torch.tensor(size_class)
+    labels = torch.zeros(n, 1, 16, 16)
+    labels[classes > 0, :, :2, :2] = 1
+    batch = {"image": maps.clone(), "label": labels, "brain_mask": torch.ones(n, 1, 16, 16), "size_class": classes}
+    return output, batch
+
+
+def test_method_metrics_image_threshold_from_lesion_free_scores_only():
+    metrics = MethodMetrics(n_bins=100, calibration_fpr=0.25)
+    # lesion items score highest: they must not move the threshold of the lesion-free ones
+    metrics.update(*_scored_batch([0.9, 0.1, 0.4, 0.95], [2, 0, 0, 3]))
+    metrics.update(*_scored_batch([0.3, 0.4, 0.2, 0.99], [0, 0, 0, 1]))
+    values, _ = metrics.aggregate()
+    healthy = torch.tensor([0.1, 0.4, 0.3, 0.4, 0.2])
+    # 5 lesion-free items at 25 %: k = 1, but 0.4 is tied, so only a threshold above it leaves one at most
+    assert values["image_threshold"] == image_threshold_at_fpr(healthy, 0.25) > 0.4
+    assert values["calibration_fpr"] == 0.25
+    lesions_only = MethodMetrics(n_bins=100)
+    lesions_only.update(*_scored_batch([0.9, 0.8], [1, 2]))
+    assert np.isnan(lesions_only.aggregate()[0]["image_threshold"])
+    assert np.isnan(MethodMetrics(n_bins=100).image_threshold())
 
 
 def test_run_evaluation_writes_report_and_skips_unavailable(workspace):
@@ -201,6 +233,13 @@ def test_run_evaluation_writes_report_and_skips_unavailable(workspace):
     for column in ("max-Dice avg", "max-Dice small", "max-Dice medium", "max-Dice large", "AUPRC avg",
                    "AUROC large", "recon SSIM"):
         assert f"| {column} |" in header
+    operating = next(line for line in text.splitlines() if line.startswith("| Method | best threshold"))
+    assert "| image threshold at 5% healthy FPR |" in operating
+    row = next(line for line in text.splitlines() if line.startswith("| DDPM (Gaussian) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    headers = [c.strip() for c in operating.strip("|").split("|")]
+    image_threshold = results[0].metrics["image_threshold"]
+    assert cells[headers.index("image threshold at 5% healthy FPR")] == f"{image_threshold:.4f}"
     rows = [line for line in text.splitlines() if line.startswith("| Gaussian | ")]
     assert len(rows) == 1 and rows[0].startswith("| Gaussian | DDPM |")
     assert rows[0].count("|") == header.count("|")
@@ -211,6 +250,7 @@ def test_run_evaluation_writes_report_and_skips_unavailable(workspace):
     assert [r["method"] for r in table] == ["ddpm", "thor", "anoddpm"]
     assert list(table[0])[5:] == list(METRIC_COLUMNS)
     assert 0 <= float(table[0]["dice_all"]) <= 1 and table[1]["dice_all"] == ""
+    assert float(table[0]["image_threshold"]) == pytest.approx(image_threshold, rel=1e-5)
 
     def refuse(constant: str) -> None:
         raise AssertionError(f"results.json holds {constant}")
@@ -258,19 +298,26 @@ def test_benchmark_run_calibrates_the_bundle_it_ran(workspace, capsys):
         device="cpu", progress=False,
     )
     results = workspace["out"] / "results.json"
-    measured = json.loads(results.read_text())["methods"][0]["metrics"]["calibrated_threshold"]
+    recorded = json.loads(results.read_text())["methods"][0]["metrics"]
+    measured, measured_image = recorded["calibrated_threshold"], recorded["image_threshold"]
     assert "healthy FPR" in (workspace["out"] / "results.md").read_text()
     result = threshold_from_results(str(results), "ddpm", str(workspace["bundles"]))
     assert result["threshold"] == measured and result["fpr"] == 0.05 and result["num_images"] == 2
-    # --write edits the bundle's threshold, noting the run it came from
+    assert result["image_threshold"] == measured_image and np.isfinite(measured_image)
+    # --write edits the bundle's thresholds, noting the run they came from
     bundle = workspace["bundles"] / "ddpm"
     config = json.loads((bundle / "inference.json").read_text())
-    (bundle / "inference.json").write_text(json.dumps({**config, "threshold": 0.5}, indent=1))
+    (bundle / "inference.json").write_text(json.dumps({**config, "threshold": 0.5, "image_threshold": None}, indent=1))
     (bundle / "metadata.json").write_text('{"version": "0.1.0"}')
     argv = ["--bundle", "ddpm", "--from-results", str(results), "--bundles_dir", str(workspace["bundles"])]
     assert calibration_main([*argv, "--write"]) == 0
-    assert json.loads((bundle / "inference.json").read_text())["threshold"] == round(measured, 4)
-    assert str(results) in json.loads((bundle / "metadata.json").read_text())["threshold_calibration"]
+    written = json.loads((bundle / "inference.json").read_text())
+    assert written["threshold"] == round(measured, 4)
+    # 6 decimals, rounded up: not below the measured threshold, so no more lesion-free slices reach it
+    assert measured_image <= written["image_threshold"] < measured_image + 1e-6
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert str(results) in meta["threshold_calibration"] and str(results) in meta["image_threshold_calibration"]
+    assert "image_threshold = " in capsys.readouterr().out
     # another fpr, other weights, a method the run lacks and a report from before the threshold was recorded
     for extra, match in ((["--fpr", "0.01"], "fpr 0.05"),):
         with pytest.raises(SystemExit):
@@ -279,8 +326,12 @@ def test_benchmark_run_calibrates_the_bundle_it_ran(workspace, capsys):
     with pytest.raises(ValueError, match="no completed run of 'thor'"):
         threshold_from_results(str(results), "thor", str(workspace["bundles"]))
     report = json.loads(results.read_text())
-    del report["methods"][0]["metrics"]["calibrated_threshold"]
+    # a report from before the image threshold was recorded still calibrates the label threshold
+    del report["methods"][0]["metrics"]["image_threshold"]
     old = workspace["out"] / "old.json"
+    old.write_text(json.dumps(report))
+    assert threshold_from_results(str(old), "ddpm", str(workspace["bundles"]))["image_threshold"] is None
+    del report["methods"][0]["metrics"]["calibrated_threshold"]
     old.write_text(json.dumps(report))
     with pytest.raises(ValueError, match="rerun the benchmark"):
         threshold_from_results(str(old), "ddpm", str(workspace["bundles"]))
@@ -366,3 +417,6 @@ def test_calibrate_bundle_runs_the_benchmark_loop_on_lesion_free_items(workspace
     assert strict["num_images"] == loose["num_images"] == 2
     # a larger tolerated share of labelled healthy pixels can only lower the threshold
     assert 0.0 < loose["threshold"] < strict["threshold"] < 1.0
+    # of 2 lesion-free images, 1 may reach the threshold at 50 % (the higher score), none at 1 % (just above it)
+    assert loose["image_threshold"] < strict["image_threshold"] == np.nextafter(loose["image_threshold"], np.inf)
+    assert "32x32 development slice" in strict["image_score"]

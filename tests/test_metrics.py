@@ -22,6 +22,7 @@ from monai_diffad.metrics import (
     best_dice,
     distinct_value_counts,
     image_auroc,
+    image_threshold_at_fpr,
     lesion_size_class,
     lesion_size_classes,
     pool_pixels,
@@ -280,6 +281,77 @@ def test_image_auroc_matches_sklearn():
         image_auroc(torch.zeros(4, 2), torch.zeros(4))
     with pytest.raises(ValueError):
         image_auroc(torch.tensor([0.0, float("inf")]), torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------------- image threshold at healthy FPR
+
+
+def image_threshold_oracle(scores: list[float], fpr: float) -> float:
+    """The lowest candidate (a score, or just above the highest) reached by at most ``fpr`` of the scores."""
+    candidates = sorted(set(scores)) + [np.nextafter(max(scores), np.inf)]
+    return next(float(t) for t in candidates if sum(s >= t for s in scores) / len(scores) <= fpr)
+
+
+@pytest.mark.parametrize(
+    "scores, fpr, expected",
+    [
+        (list(range(20)), 0.05, 19.0),  # k = 1: the highest score, reached by 1 of 20 images
+        (list(range(20)), 0.10, 18.0),  # k = 2
+        (list(range(20)), 0.0999, 19.0),  # k = floor(1.998) = 1
+        (list(range(19, -1, -1)), 0.05, 19.0),  # the order does not matter
+        ([0.1, 0.2, 0.3, 0.3, 0.3], 0.6, 0.3),  # k = 3: exactly the three tied scores reach it
+        ([0.1, 0.2, 0.3, 0.3, 0.3], 0.8, 0.2),  # k = 4
+        ([0.1, 0.2, 0.2, 0.3, 0.4], 0.6, 0.3),  # a tie at the cut (s[n-k] == s[n-k-1] = 0.2): the next score up
+        ([0.5, 0.5, 0.5, 0.5], 0.5, float(np.nextafter(0.5, 1.0))),  # all tied: nothing may be reached
+        (list(range(100)), 0.29, 71.0),  # 0.29 * 100 is 28.999... in floats; 29 of 100 is still <= 0.29
+    ],
+)
+def test_image_threshold_at_fpr_hand_made(scores, fpr, expected):
+    threshold = image_threshold_at_fpr(torch.tensor(scores, dtype=torch.float64), fpr)
+    assert threshold == expected == image_threshold_oracle(scores, fpr)
+    assert sum(s >= threshold for s in scores) / len(scores) <= fpr
+
+
+def test_image_threshold_at_fpr_k_zero_is_just_above_the_maximum():
+    # fewer than 1 / fpr images: not one healthy image may be called anomalous
+    scores = torch.tensor([0.25, 0.75, 0.5])
+    threshold = image_threshold_at_fpr(scores, 0.05)
+    assert threshold > 0.75 and threshold == np.nextafter(np.float64(0.75), np.inf)
+    assert not bool((scores.double() >= threshold).any())
+    assert image_threshold_at_fpr(np.array([0.3]), 0.99) == np.nextafter(0.3, 1.0)  # n = 1: k = floor(0.99) = 0
+
+
+def test_image_threshold_at_fpr_matches_oracle_on_random_scores():
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 20, 63):
+        scores = np.round(rng.beta(2, 6, size=n), 2)  # many ties
+        for fpr in (0.01, 0.05, 0.2, 0.5, 0.95):
+            threshold = image_threshold_at_fpr(scores[:, None], fpr)  # (N, 1) and numpy are accepted
+            assert threshold == image_threshold_oracle(scores.tolist(), fpr), (n, fpr)
+    # a larger tolerated share can only lower the threshold
+    scores = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    values = [image_threshold_at_fpr(scores, fpr) for fpr in (0.02, 0.05, 0.1, 0.3)]
+    assert values == sorted(values, reverse=True) and len(set(values)) == 4
+
+
+@pytest.mark.parametrize(
+    "scores, fpr, error, match",
+    [
+        (torch.tensor([0.1, 0.2]), 0.0, ValueError, "fpr"),
+        (torch.tensor([0.1, 0.2]), 1.0, ValueError, "fpr"),
+        (torch.tensor([0.1, 0.2]), -0.1, ValueError, "fpr"),
+        (torch.tensor([0.1, 0.2]), True, ValueError, "fpr"),
+        (torch.tensor([]), 0.05, ValueError, "non-empty"),
+        (torch.tensor(0.5), 0.05, ValueError, "non-empty"),
+        (torch.zeros(3, 2), 0.05, ValueError, "shape"),
+        (torch.tensor([0.1, float("nan")]), 0.05, ValueError, "NaN"),
+        (torch.tensor([0.1, float("inf")]), 0.05, ValueError, "NaN"),
+        ([0.1, 0.2], 0.05, TypeError, "scores"),
+    ],
+)
+def test_image_threshold_at_fpr_rejects_bad_input(scores, fpr, error, match):
+    with pytest.raises(error, match=match):
+        image_threshold_at_fpr(scores, fpr)
 
 
 # ----------------------------------------------------------------------------------------------- strata

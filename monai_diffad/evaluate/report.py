@@ -3,7 +3,8 @@
 
 Table 1 follows THOR's Table 1 (methods grouped by noise, columns Average | Small | Medium | Large) for max-Dice,
 AUPRC and AUROC, plus the reconstruction SSIM of lesion-free slices; Table 2 gives the operating point (best
-threshold, lesion-free pixels flagged there), image-level AUROC, reconstruction errors and run time.
+threshold, lesion-free pixels flagged there), the label and image thresholds at a healthy false-positive rate,
+image-level AUROC, reconstruction errors and run time.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ METRIC_COLUMNS = tuple(
     [f"{m}_{s}" for m in ("dice", "auprc", "auroc") for s in ("all", "small", "medium", "large")]
     + ["threshold_all", "flagged_fraction", "calibrated_threshold", "image_auroc", "ssim", "mse", "mae", "seconds_per_image"]
     + [f"dice_{s}_at_global" for s in ("small", "medium", "large")]
+    # last, so the columns of earlier reports keep their positions
+    + ["image_threshold"]
 )
 #: how each max-Dice column picks its threshold (written to ``results.json`` as ``metadata.thresholds``)
 THRESHOLD_SCOPE = {
@@ -280,6 +283,10 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         _metric_column("best threshold", "threshold_all", lambda v: _fmt(v), bold=False),
         _metric_column("lesion-free px flagged (%)", "flagged_fraction", _percent, bold=False),
         _metric_column(f"threshold at {CALIBRATION_FPR:.0%} healthy FPR", "calibrated_threshold", lambda v: _fmt(v, digits=3), False),
+        _metric_column(
+            f"image threshold at {CALIBRATION_FPR:.0%} healthy FPR", "image_threshold", lambda v: _fmt(v, digits=4),
+            bold=False,
+        ),
         _metric_column("image AUROC", "image_auroc", _percent),
         _metric_column("recon SSIM", "ssim", lambda v: _fmt(v, digits=3)),
         _metric_column("recon MSE", "mse", lambda v: _fmt(v, digits=4), bold=False),
@@ -307,7 +314,9 @@ def results_markdown(results: Sequence[MethodResult], metadata: dict[str, Any]) 
         "lesion-free slices with map >= that threshold. "
         f"*Threshold at {CALIBRATION_FPR:.0%} healthy FPR*: the label threshold a bundle stores (lowest one flagging "
         "at most that share of their brain pixels), measured on the lesion-free slices; "
-        "`python -m monai_diffad.calibration --from-results` writes it.",
+        f"*image threshold at {CALIBRATION_FPR:.0%} healthy FPR*: the lowest image score reached by at most that "
+        "share of the lesion-free slices (an image is called anomalous at score >= it); "
+        "`python -m monai_diffad.calibration --from-results` writes both into the bundle.",
         "",
         "## Table 3: max-Dice per stratum at one global threshold",
         "",

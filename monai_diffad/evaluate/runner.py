@@ -2,8 +2,9 @@
 """Running methods on a labelled set in batches and accumulating the papers' metrics with bounded memory.
 
 Per method: best-threshold Dice, AUPRC and AUROC of the brain pixels pooled over the set and over each lesion-size
-stratum; the share of lesion-free brain pixels flagged at the best threshold; reconstruction SSIM/MSE/MAE on the
-lesion-free slices; image-level AUROC of the scores (lesion vs lesion-free). Maps are reduced to histograms batch by
+stratum; the share of lesion-free brain pixels flagged at the best threshold; the label and image thresholds at a
+healthy false-positive rate (what a bundle's calibration stores); reconstruction SSIM/MSE/MAE on the lesion-free
+slices; image-level AUROC of the scores (lesion vs lesion-free). Maps are reduced to histograms batch by
 batch (``monai_diffad.metrics``), so memory does not grow with the set; only the maps of a few example slices are kept.
 Under ``torchrun`` (an initialized ``torch.distributed`` process group) the items are split over the ranks and the
 results equal a single process's: each image gets the same noise, and where a rank's batches hold other images than
@@ -62,7 +63,7 @@ from monai_diffad.metrics import (
     ReconstructionMetric,
     StratifiedMetric,
 )
-from monai_diffad.metrics.healthy_fpr import CALIBRATION_FPR, HealthyFPRThresholdMetric
+from monai_diffad.metrics.healthy_fpr import CALIBRATION_FPR, HealthyFPRThresholdMetric, image_threshold_at_fpr
 
 __all__ = [
     "REPORTED_STRATA",
@@ -90,7 +91,8 @@ class MethodMetrics:
 
     Args:
         n_bins: histogram bins of the AUPRC/AUROC metrics (see :class:`~monai_diffad.metrics.AUPRCMetric`).
-        calibration_fpr: share of lesion-free brain pixels the calibrated threshold may label.
+        calibration_fpr: share of lesion-free brain pixels the calibrated threshold may label, and of lesion-free
+            images the image threshold may call anomalous.
     """
 
     def __init__(self, n_bins: int = 100_000, calibration_fpr: float = CALIBRATION_FPR) -> None:
@@ -128,7 +130,8 @@ class MethodMetrics:
 
     @staticmethod
     def item_groups(size_class: np.ndarray) -> list[np.ndarray]:
-        """Items that add rows to the per-image metrics: all (image AUROC) and the lesion-free ones (reconstruction).
+        """Items that add rows to the per-image metrics: all (image AUROC, whose scores also give the image threshold)
+        and the lesion-free ones (reconstruction, label threshold).
 
         A distributed run gives each rank at least one item of each group: MONAI all-gathers a metric's buffers
         from every rank, and a rank without rows would skip that collective (see
@@ -154,6 +157,20 @@ class MethodMetrics:
                 if isinstance(metric, PooledHistogramMetric):
                     metric.extend(torch.zeros(1, 2, metric.edges.numel() + 1, dtype=torch.int64))
 
+    def image_threshold(self) -> float:
+        """The image threshold at ``calibration_fpr`` over the scores of the lesion-free items so far; ``nan`` without.
+
+        The scores come from the image AUROC's buffer, which MONAI gathers from every rank in a distributed run (the
+        lesion-free items are its rows with label 0), so every rank returns the threshold of the whole set; the
+        threshold depends on the sorted scores only, not on the order in which the ranks deliver them.
+        """
+        buffers = self.image_auroc.get_buffer()
+        if buffers is None:
+            return float("nan")
+        scores, labels = buffers
+        healthy = scores[labels == 0]
+        return image_threshold_at_fpr(healthy, self.healthy_fpr.fpr) if healthy.numel() else float("nan")
+
     def aggregate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Metrics so far.
 
@@ -163,7 +180,9 @@ class MethodMetrics:
             ``dice_<s>_at_global`` (small, medium, large at ``threshold_all``), ``flagged_fraction`` (lesion-free
             brain pixels with map >= the best "all" threshold), ``calibrated_threshold`` (lowest threshold flagging at
             most ``calibration_fpr`` of the lesion-free brain pixels,
-            :func:`~monai_diffad.metrics.healthy_fpr_threshold`), ``image_auroc``,
+            :func:`~monai_diffad.metrics.healthy_fpr_threshold`), ``image_threshold`` (lowest image-score threshold
+            reached by at most ``calibration_fpr`` of the lesion-free items,
+            :func:`~monai_diffad.metrics.image_threshold_at_fpr`), ``calibration_fpr``, ``image_auroc``,
             ``ssim``, ``mse``, ``mae`` (lesion-free slices) to floats, ``nan``
             where undefined (e.g. a stratum without items). ``curves`` holds ``precision``, ``recall`` (pooled "all"
             pixels) and ``dice`` (101 thresholds) as float64 arrays.
@@ -188,6 +207,7 @@ class MethodMetrics:
                 none_dice.flagged_fraction(threshold) if not math.isnan(threshold) else float("nan")
             )
             metrics["calibrated_threshold"] = self.healthy_fpr.aggregate()
+            metrics["image_threshold"] = self.image_threshold()
             metrics["calibration_fpr"] = self.healthy_fpr.fpr
             metrics["image_auroc"] = self.image_auroc.aggregate()
             metrics.update(self.reconstruction.aggregate())
@@ -299,7 +319,8 @@ def evaluate_method(
         noise_positions: position of each item of ``indices`` in the seeded noise stream (default ``0, 1, ...``);
             a batch starting at position ``p`` skips the seeds of the ``p`` images before it, so a share of a set
             gets the noise a single pass over the whole set gives it. Batches never span a gap in positions.
-        calibration_fpr: the false-positive rate of the ``calibrated_threshold`` measured on the lesion-free items.
+        calibration_fpr: the false-positive rate of the ``calibrated_threshold`` (healthy pixels) and of the
+            ``image_threshold`` (healthy images) measured on the lesion-free items.
 
     Returns:
         A :class:`MethodResult` with status ``"ok"``; ``seconds_per_image`` is wall-clock time over all ranks' images.

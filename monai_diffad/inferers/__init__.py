@@ -12,6 +12,7 @@ from monai_diffad.inferers.autoddpm import AutoDDPMInferer, binary_anomaly_mask,
 from monai_diffad.inferers.base import DetectionBatch, DiffusionAnomalyInferer
 from monai_diffad.inferers.ddpm import AnoDDPMInferer, DDPMAnomalyInferer
 from monai_diffad.inferers.disyre import DISYRE_DEMO_UNET, DISYRE_PAPER_UNET, DISYRE_SCORING, DISYREInferer, disyre_unet
+from monai_diffad.inferers.levels import equal_snr_level, signal_to_noise_ratio
 from monai_diffad.inferers.output import AnomalyOutput
 from monai_diffad.inferers.partial_diffusion import PartialDiffusionInferer, SeededNoise
 from monai_diffad.inferers.posterior import forward_step, posterior_step, predict_original
@@ -40,6 +41,8 @@ __all__ = [
     "THOR_DEFAULTS",
     "harmonization_mask",
     "harmonize",
+    "equal_snr_level",
+    "signal_to_noise_ratio",
     "forward_step",
     "posterior_step",
     "predict_original",

@@ -41,6 +41,7 @@ __all__ = [
     "DISYRE_PAPER_UNET",
     "DISYRE_SCORING",
     "FOREGROUND_WEIGHTING",
+    "SW_PADDING",
     "X0_CLAMPING",
     "disyre_unet",
 ]
@@ -54,6 +55,13 @@ X0_CLAMPING = ("after", "before")
 #: Multiply the map by the fraction of non-zero pixels of: ``"window"`` (reference evaluation) each network-input
 #: window before blending (the whole image without ``patch_size``); ``"image"`` the whole image; ``"none"``: no weight.
 FOREGROUND_WEIGHTING = ("window", "image", "none")
+#: Where the sliding windows lie on an image larger than (or shaped unlike) ``patch_size``. ``"none"``: MONAI's grid,
+#: windows every stride from the top-left corner and the last one flush with the far border (zero padding only up to
+#: the window size). ``"stride"`` (reference evaluation, ``diffusion/sliding_window_inference.py``): the image is first
+#: zero-padded, half before and the rest after, to the smallest size that whole strides tile exactly, so the windows
+#: sit at other places and the border ones see more zero background (which ``foreground_weighting="window"`` counts).
+#: The two agree when (size − window) is a multiple of the stride.
+SW_PADDING = ("none", "stride")
 
 #: Small x0-prediction network that trains on one CPU core at 64 x 64 (the shipped demo weights).
 DISYRE_DEMO_UNET: dict[str, Any] = {
@@ -149,6 +157,8 @@ class DISYREInferer(DiffusionAnomalyInferer):
         model_range: range the network was trained on (DISYRE trains on [0, 1]).
         corruption: the random corruption used by :meth:`training_loss` (its table must have T + 1 entries, checked
             when it is used); built from the α_t table on first use when ``None``.
+        sw_padding: one of :data:`SW_PADDING` (default ``"none"``; ``"stride"`` places the windows as the reference
+            evaluation does; last among the arguments so that positional calls keep their meaning).
         kwargs: other options of the detection frame :class:`DiffusionAnomalyInferer` (``out_of_range``,
             ``max_batch_size``, ``precision``, ...).
 
@@ -176,6 +186,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
         value_range: Sequence[float] = (0.0, 1.0),
         model_range: Sequence[float] = (0.0, 1.0),
         corruption: RandForeignPatchCorruption | None = None,
+        sw_padding: str = "none",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -201,6 +212,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
         if int(sw_batch_size) < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
         self.sw_overlap, self.sw_sigma_scale = float(sw_overlap), float(sw_sigma_scale)
+        self.sw_padding = look_up_option(sw_padding, SW_PADDING)
         self.sw_batch_size = int(sw_batch_size)
         self.foreground_mask = bool(foreground_mask)
         if isinstance(foreground_weighting, bool):  # the former on/off switch; on is the reference's per window
@@ -373,9 +385,14 @@ class DISYREInferer(DiffusionAnomalyInferer):
     def _restore_windows(
         self, u: torch.Tensor, model: torch.nn.Module, patch_size: tuple[int, ...], progress: bool
     ) -> dict[str, torch.Tensor]:
-        """:meth:`restore` over Gaussian-weighted sliding windows of ``patch_size``, blended by MONAI."""
+        """:meth:`restore` over Gaussian-weighted sliding windows of ``patch_size``, blended by MONAI (on the image
+        zero-padded to whole strides first with ``sw_padding="stride"``)."""
         b, c, h, w = u.shape
         k = len(self.restoration_steps())
+        padded = u
+        crop: tuple[slice, ...] = (slice(None),) * 4
+        if self.sw_padding == "stride":
+            padded, crop = _pad_to_stride(u, patch_size, self.sw_overlap)
 
         def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
             out = self.restore(window, model)
@@ -388,7 +405,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
             }
 
         blended = sliding_window_inference(
-            u,
+            padded,
             roi_size=patch_size,
             sw_batch_size=self.sw_batch_size,
             predictor=predictor,
@@ -400,6 +417,7 @@ class DISYREInferer(DiffusionAnomalyInferer):
             progress=progress,
         )
         assert isinstance(blended, dict)  # a predictor that returns a dict makes MONAI return one
+        blended = {key: value[crop] for key, value in blended.items()}
         return {
             "anomaly_map": blended["anomaly_map"],
             "pseudo_healthy": blended["pseudo_healthy"],
@@ -427,6 +445,34 @@ class DISYREInferer(DiffusionAnomalyInferer):
                 "maps": out["maps"],
             }
         return result
+
+
+def _pad_to_stride(
+    u: torch.Tensor, patch_size: Sequence[int], overlap: float
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad ``u`` ``(B, C, H, W)`` as the reference's sliding window does (``sw_padding="stride"``).
+
+    Each side grows to at least the window and then, if needed, to the window plus a whole number of strides; the
+    padding is split half before, the rest after. The stride is MONAI's, int(window · (1 − overlap)), so MONAI's
+    windows on the padded image are the reference's (its stride is int(window · its overlap), the same number for
+    its 0.25 and our 0.75).
+
+    Returns:
+        The padded images and the slices that crop a padded result back to ``u``'s extent.
+    """
+    pads: list[tuple[int, int]] = []
+    crop: list[slice] = [slice(None), slice(None)]
+    for size, window in zip(u.shape[2:], patch_size):
+        stride = max(int(window * (1 - overlap)), 1)
+        target = max(int(size), int(window))
+        if target != window and (target - window) % stride:
+            target += stride - (target - window) % stride
+        before = (target - size) // 2
+        pads.append((before, target - size - before))
+        crop.append(slice(before, before + size))
+    # F.pad lists the last dimension first
+    flat = [amount for pair in reversed(pads) for amount in pair]
+    return F.pad(u, flat), tuple(crop)
 
 
 def _foreground_fraction(u: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ partial_reverse`, which THOR drives through its after-step callback) and AutoDDP
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,6 +85,9 @@ class PartialDiffusionInferer(DiffusionAnomalyInferer):
             >= 1, and < T when detection runs. Default: the class's ``default_noise_level``.
         noise_type: ``"gaussian"`` or ``"simplex"``, used to noise the input and in every reverse step.
         simplex_normalize: give Simplex noise unit variance (the references do not; raw std is about 0.5).
+        simplex_frequency: feature size in pixels of Simplex noise's coarsest octave (64, the references' value at
+            their 128² (THOR) and 256² (AnoDDPM) images; the same relative scale at another image size ``n`` is
+            ``64 * n / 128`` or ``64 * n / 256``). It must be the value the network was trained with.
         step_stride: visit every ``step_stride``-th level of the reverse process (L, L - s, ..., 0), each step drawing
             from the exact DDPM posterior between the two levels: about ``step_stride`` times fewer network calls.
             1 (default) is the papers' full schedule.
@@ -103,6 +107,7 @@ class PartialDiffusionInferer(DiffusionAnomalyInferer):
         noise_level: int | None = None,
         noise_type: str | None = None,
         simplex_normalize: bool = False,
+        simplex_frequency: float = 64.0,
         step_stride: int = 1,
         **kwargs: Any,
     ) -> None:
@@ -110,6 +115,9 @@ class PartialDiffusionInferer(DiffusionAnomalyInferer):
         self.noise_type = str(look_up_option(self.default_noise_type if noise_type is None else noise_type, NoiseType))
         self.noise_level = self._check_level(self.default_noise_level if noise_level is None else noise_level)
         self.simplex_normalize = bool(simplex_normalize)
+        if not (math.isfinite(float(simplex_frequency)) and float(simplex_frequency) > 0):
+            raise ValueError(f"simplex_frequency must be a finite number > 0, got {simplex_frequency!r}.")
+        self.simplex_frequency = float(simplex_frequency)
         if isinstance(step_stride, bool) or int(step_stride) < 1:
             raise ValueError(f"step_stride must be a positive integer, got {step_stride!r}.")
         self.step_stride = int(step_stride)
@@ -154,7 +162,8 @@ class PartialDiffusionInferer(DiffusionAnomalyInferer):
     # ------------------------------------------------------------------ noise
     def noise_streams(self, batch: DetectionBatch) -> SeededNoise:
         """The batch's per-image noise streams of this inferer's ``noise_type``, on the images' device."""
-        return SeededNoise(batch.seeds, self.noise_type, batch.images.device, {"normalize": self.simplex_normalize})
+        simplex = {"normalize": self.simplex_normalize, "frequency": self.simplex_frequency}
+        return SeededNoise(batch.seeds, self.noise_type, batch.images.device, simplex)
 
     def noise_to_level(self, x_model: torch.Tensor, noise: torch.Tensor, level: int) -> torch.Tensor:
         """The forward process q(x_level | x_0): the scheduler's ``add_noise`` at ``level`` for the whole batch.

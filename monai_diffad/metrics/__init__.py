@@ -15,6 +15,7 @@ from monai_diffad.metrics.healthy_fpr import (
     HealthyFPRThresholdMetric,
     flagged_share_curve,
     healthy_fpr_threshold,
+    image_threshold_at_fpr,
     threshold_at_fpr,
 )
 from monai_diffad.metrics.pooled import (
@@ -53,6 +54,7 @@ __all__ = [
     "HealthyFPRThresholdMetric",
     "flagged_share_curve",
     "healthy_fpr_threshold",
+    "image_threshold_at_fpr",
     "threshold_at_fpr",
     "AUPRCMetric",
     "AUROCMetric",

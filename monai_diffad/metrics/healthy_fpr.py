@@ -1,13 +1,18 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""The label threshold at a stated false-positive rate on healthy images (the calibration metric).
+"""The label and image thresholds at a stated false-positive rate on healthy images (the calibration metrics).
 
-The threshold is the lowest of ``num_thresholds`` values in [0, 1) at which, averaged over healthy images, at most
-``fpr`` of the brain pixels are labelled, i.e. have a map value ``>=`` the threshold (the comparison labels use).
-:mod:`monai_diffad.calibration` stores it in a bundle; the benchmark measures it on its lesion-free slices.
+The label threshold is the lowest of ``num_thresholds`` values in [0, 1) at which, averaged over healthy images, at
+most ``fpr`` of the brain pixels are labelled, i.e. have a map value ``>=`` the threshold (the comparison labels use).
+The image threshold is the lowest value at which at most ``fpr`` of the healthy images have an image score ``>=`` it
+(the comparison of an image-level call such as the MONAI Label app's ``pred_label``).
+:mod:`monai_diffad.calibration` stores both in a bundle; the benchmark measures both on its lesion-free slices.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
@@ -19,6 +24,7 @@ __all__ = [
     "threshold_grid",
     "threshold_at_fpr",
     "healthy_fpr_threshold",
+    "image_threshold_at_fpr",
     "HealthyFPRThresholdMetric",
 ]
 
@@ -120,6 +126,52 @@ def healthy_fpr_threshold(
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}.")
     return threshold_at_fpr(flagged_share_curve(maps, masks, num_thresholds), fpr)
+
+
+def image_threshold_at_fpr(scores: torch.Tensor | np.ndarray, fpr: float = CALIBRATION_FPR) -> float:
+    """Lowest image-score threshold at which at most ``fpr`` of healthy images score ``>=`` it.
+
+    With the ``n`` scores sorted ascending, ``s[0] <= ... <= s[n - 1]``, and ``k`` the largest count of images with
+    ``k / n <= fpr`` (``floor(fpr * n)``), the threshold is ``s[n - k]``, the ``k``-th highest score; for ``k = 0``
+    it is the next float above the highest score, so no healthy image reaches it. Scores tied with ``s[n - k - 1]``
+    would push the count above ``k``: the threshold then moves up to the next higher score (or above the highest).
+    The result is one of the scores or just above the highest one, so at most ``fpr`` of these images, and as many
+    as allowed when there are no ties, have ``score >= threshold``.
+
+    Args:
+        scores: ``(N,)`` or ``(N, 1)`` finite image scores of healthy images (higher = more anomalous), e.g. the
+            mean of the top 1 % of each map (:func:`monai_diffad.maps.scoring.top_fraction_mean`).
+        fpr: tolerated share of healthy images called anomalous, in (0, 1).
+
+    Returns:
+        The threshold, as a Python float (float64).
+
+    Raises:
+        TypeError: ``scores`` is not a tensor or array.
+        ValueError: ``fpr`` outside (0, 1), ``scores`` empty, not one per image, or not finite.
+    """
+    if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}.")
+    values = as_tensor(scores, "scores")
+    if values.ndim == 0 or values.numel() == 0 or values.numel() != values.shape[0]:
+        raise ValueError(f"scores must be a non-empty (N,) or (N, 1) tensor, got shape {tuple(values.shape)}.")
+    ordered = np.sort(values.detach().cpu().double().numpy().reshape(-1))
+    if not np.isfinite(ordered).all():
+        raise ValueError("scores contain NaN or infinite values.")
+    n = len(ordered)
+    # the largest k with k / n <= fpr, as the share is computed; floor(fpr * n) alone can be one short in floats
+    k = min(int(math.floor(fpr * n)), n - 1)
+    while k + 1 < n and (k + 1) / n <= fpr:
+        k += 1
+    while k > 0 and k / n > fpr:
+        k -= 1
+    above_max = math.nextafter(float(ordered[-1]), math.inf)
+    if k == 0:
+        return above_max
+    # the (k + 1)-th highest score must stay below the threshold: the lowest score above it, if any
+    cut = float(ordered[n - k - 1])
+    higher = ordered[n - k :][ordered[n - k :] > cut]
+    return float(higher[0]) if len(higher) else above_max
 
 
 class HealthyFPRThresholdMetric(CumulativeIterationMetric):

@@ -3,8 +3,9 @@
 
 A method is built only from its bundle's ``inference.json`` (read with :func:`monai_diffad.bundles.bundle_config`):
 its ``preprocessing`` (the geometry contract), ``network_def``, ``checkpoint``, ``inferer`` (scheduler, perceptual
-term, ``step_stride``, ``precision``, ``record_interval``, ``noise_type``, ...) and the label threshold of its own
-postprocessing. The app adds nothing of its own; a request's options are applied over the bundle's ``inferer`` keys.
+term, ``step_stride``, ``precision``, ``record_interval``, ``noise_type``, ...), the label threshold of its own
+postprocessing and its image threshold (``image_threshold``, ``image_threshold_simplex`` for THOR-Simplex; ``null``:
+none). The app adds nothing of its own; a request's options are applied over the bundle's ``inferer`` keys.
 A method's config file names its bundle, its variant keys and its request options.
 
 Server options (``--conf key value``), each an override of a bundle key:
@@ -39,6 +40,8 @@ from monailabel.utils.others.generic import strtobool
 from lib.infers.anomaly import TASK_OPTIONS, AnomalyInferTask
 from lib.infers.params import Option
 from monai_diffad.bundles import bundle_config
+from monai_diffad.calibration import image_threshold_key
+from monai_diffad.methods import method_spec
 from monai_diffad.networks import load_diffusion_unet
 
 __all__ = ["AnomalyTaskConfig", "BundleMethod"]
@@ -115,6 +118,9 @@ class AnomalyTaskConfig(TaskConfig):
             also picks the bundle's Simplex weights and Simplex threshold).
         checkpoint_key: ``--conf`` key that overrides the bundle's ``checkpoint``.
         network_key: ``--conf`` key that overrides the bundle's ``network_def``.
+        threshold_key: the bundle key of its calibrated label threshold (e.g. ``threshold_simplex``); empty: the
+            registered method's (:attr:`monai_diffad.methods.MethodSpec.threshold_key`), else ``threshold``. Its
+            image threshold is the key ``image_<threshold_key>``.
     """
 
     method: str = ""
@@ -124,6 +130,7 @@ class AnomalyTaskConfig(TaskConfig):
     bundle_overrides: Mapping[str, Any] = {}
     checkpoint_key: str = "checkpoint"
     network_key: str = "network"
+    threshold_key: str = ""
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs: Any) -> None:
         """Read the method's bundle with the server options applied.
@@ -226,10 +233,36 @@ class AnomalyTaskConfig(TaskConfig):
             return None, False
         return self.bundle_method.parse(f"{key}#{name}"), True
 
+    def image_threshold_key(self) -> str:
+        """The bundle key of this method's image-level threshold: ``image_`` + its label-threshold key, as
+        ``monai-diffad calibrate --write`` stores it (``image_threshold``; ``image_threshold_simplex`` for
+        THOR-Simplex, which shares the THOR bundle)."""
+        return image_threshold_key(self.threshold_key or self._registered_threshold_key())
+
+    def _registered_threshold_key(self) -> str:
+        try:
+            return method_spec(self.method).threshold_key
+        except ValueError:  # a config class made by hand for a method that is not registered
+            return "threshold"
+
     def image_threshold(self) -> float | None:
-        """The bundle's image-level threshold on the image score (key ``image_threshold``), ``None`` without one."""
-        value = self.bundle_method.raw("image_threshold")
-        return None if value is None else float(self.bundle_method.parse("image_threshold"))
+        """The bundle's image-level threshold on the image score (:meth:`image_threshold_key`), calibrated at a
+        healthy false-positive rate; ``None`` where the key is absent or ``null`` (then the pixel rule decides).
+
+        Raises:
+            ValueError: the value is not a number.
+        """
+        key = self.image_threshold_key()
+        if self.bundle_method.raw(key) is None:
+            return None
+        value = self.bundle_method.parse(key)
+        if value is None:  # an expression may give null too
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"{self.name}: {key} in {self.bundle_method.config_file} must be a number or null, got {value!r}."
+            )
+        return float(value)
 
     def _options(self, default_inferer: Any) -> tuple[tuple[Option, ...], str]:
         """All request options with their defaults, and where the threshold came from.

@@ -445,11 +445,12 @@ class AnomalyInferTask(BasicInferTask):
     def image_decision(self, raw_map: torch.Tensor, brain_mask: Any, score: float) -> dict[str, Any]:
         """The image-level call that comes with the score: ``pred_label`` 1 (anomalous) or 0, and the rule used.
 
-        With an image-level threshold in the bundle (``image_threshold``, calibrated on healthy images), the call is
-        ``score >= image_threshold``. Without one, it is a pixel rule: anomalous when the share of brain voxels at or
-        above the calibrated pixel threshold exceeds the share of healthy brain that threshold was calibrated to
-        allow (:data:`CALIBRATION_FPR`, 5 %). That share is a mean over healthy images, so about half of healthy
-        images may exceed it; it is a ranking aid, not an operating point at a known image-level error rate.
+        With an image-level threshold in the bundle (``image_threshold``, ``image_threshold_simplex`` for THOR-Simplex:
+        the lowest score that at most 5 % of healthy images reached when it was calibrated), the call is
+        ``score >= image_threshold``. Without one (the key ``null``), it is a pixel rule: anomalous when the share of
+        brain voxels at or above the calibrated pixel threshold exceeds the share of healthy brain that threshold was
+        calibrated to allow (:data:`CALIBRATION_FPR`, 5 %). That share is a mean over healthy images, so about half of
+        healthy images may exceed it; it is a ranking aid, not an operating point at a known image-level error rate.
 
         Args:
             raw_map: the map before rescaling, ``(1, *spatial)`` on the input's grid.
@@ -460,12 +461,14 @@ class AnomalyInferTask(BasicInferTask):
         flagged = raw_map[brain] >= self.calibration_threshold
         share = float(flagged.float().mean()) if flagged.numel() else 0.0
         if self.image_threshold is not None:
-            pred, rule = score >= self.image_threshold, f"score >= image_threshold {self.image_threshold:g} (bundle)"
+            pred = score >= self.image_threshold
+            rule = f"score >= image threshold {self.image_threshold:g} (the bundle's, calibrated on healthy images)"
         else:
             pred = share > CALIBRATION_FPR
             rule = (
                 f"pixel rule: brain share at or above the calibrated threshold {self.calibration_threshold:g} > "
-                f"{CALIBRATION_FPR:g} (the healthy share it was calibrated to; the bundle has no image_threshold)"
+                f"{CALIBRATION_FPR:g} (the healthy share it was calibrated to; the bundle has no calibrated image "
+                "threshold)"
             )
         return {"pred_label": int(pred), "pred_label_rule": rule, "flagged_brain_share": round(share, 6)}
 
