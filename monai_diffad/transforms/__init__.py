@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from monai_diffad.transforms.corruption import (
+    DISYRE_CORRUPTIONS,
     RandForeignPatchCorruption,
     RandForeignPatchCorruptiond,
     RandSoftShapeMask,
     RandSoftShapeMaskd,
+    intensity_class_bias,
     interpolate_foreign_patch,
     match_intensity,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "BrainCentredCropOrPadd",
     "BrainMaskd",
     "CheckedLoadImaged",
+    "DISYRE_CORRUPTIONS",
     "ForegroundPercentileScale",
     "ForegroundPercentileScaled",
     "InPlaneResize",
@@ -44,6 +47,7 @@ __all__ = [
     "RandSoftShapeMaskd",
     "atomic_path",
     "foreground_brain_mask",
+    "intensity_class_bias",
     "interpolate_foreign_patch",
     "masked_percentile_normalize",
     "match_intensity",

@@ -11,12 +11,21 @@ Geometry follows the reference code (snavalm/disyre) at its scale — a 64-px wi
 is scaled by P/64 for other window sizes (P defaults to half the image side). The reference's third shape kind is
 the mid-slice of one of 300 stored 3D lesion shapes; those files are not available here, so the third kind is our own
 generator of smooth random blobs (a star-shaped region with a random low-order Fourier boundary, squashed and rotated).
+
+The reference trains with one of two named recipes, both available here by name (:data:`DISYRE_CORRUPTIONS`, or
+``preset`` of :class:`RandForeignPatchCorruptiond`):
+
+- ``"fpi"``: the foreign patch as is (no intensity matching), α ~ U[0, 1].
+- ``"dag"`` (the recipe its README trains with): the foreign patch min-max matched to the image, then an additive
+  shift of randomly chosen intensity classes inside the shape (:func:`intensity_class_bias`); the timestep follows
+  max(α, α_bias), α_bias being the largest change the shift made.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -28,13 +37,19 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type, convert_to_tensor, look_up_option
 
 from monai_diffad.disyre_schedule import corruption_alphas, disyre_scheduler, timestep_for_alpha
+from monai_diffad.maps.smoothing import gaussian_smooth
 
 __all__ = [
     "SHAPE_KINDS",
     "INTENSITY_MATCHING",
     "TIMESTEP_SAMPLING",
+    "DAG_CODEBOOK",
+    "DISYRE_CORRUPTIONS",
     "interpolate_foreign_patch",
     "match_intensity",
+    "quantize_intensities",
+    "class_selection_probs",
+    "intensity_class_bias",
     "RandSoftShapeMask",
     "RandSoftShapeMaskd",
     "RandForeignPatchCorruption",
@@ -51,6 +66,37 @@ TIMESTEP_SAMPLING = ("uniform_alpha", "uniform_t")
 #: The reference's anomaly window (pixels) for which the size and blur defaults are given.
 _REFERENCE_WINDOW = 64
 _BLOB_HARMONICS = (2, 3, 4, 5)
+#: Intensity levels of the reference 'dag' recipe (images in [0, 1]): each pixel belongs to the class of its nearest.
+DAG_CODEBOOK = (0.00565079, 0.38283867, 0.61224216, 0.76920754, 0.9385473)
+#: The reference's class-selection pseudo-count and indicator blur σ (pixels), for its 64-px anomaly window.
+_CLASS_PSEUDO_COUNT = 1000.0
+_CLASS_BLUR_SIGMA = 1.0
+
+_REFERENCE_COMMON: dict[str, Any] = {
+    "timestep_sampling": "uniform_alpha",
+    "alpha_range": (0.0, 1.0),
+    "prob": 1.0,
+    "bias_prob": 0.0,
+    "cache_size": 512,
+    "zero_alpha_if_unchanged": True,
+}
+#: The reference's two training recipes as keyword arguments of :class:`RandForeignPatchCorruption`
+#: (snavalm/disyre at e149f29). ``"fpi"``: the foreign patch as is. ``"dag"``: min-max matched foreign patch plus the
+#: intensity-class shift of :func:`intensity_class_bias`, the recipe the reference's README trains with.
+DISYRE_CORRUPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "fpi": MappingProxyType({**_REFERENCE_COMMON, "intensity_matching": "none", "class_bias": False}),
+        "dag": MappingProxyType(
+            {
+                **_REFERENCE_COMMON,
+                "intensity_matching": "minmax",
+                "class_bias": True,
+                "class_bias_codebook": DAG_CODEBOOK,
+                "class_bias_range": (0.0, 1.0),
+            }
+        ),
+    }
+)
 
 
 def interpolate_foreign_patch(
@@ -96,6 +142,86 @@ def match_intensity(foreign: torch.Tensor, image: torch.Tensor, region: torch.Te
         # the small constant keeps a flat patch from being blown up to the full range
         out = (foreign - fp.min()) / (fp.max() - fp.min() + 1e-3) * (src.max() - src.min()) + src.min()
     return out.clamp(0.0, 1.0)
+
+
+def quantize_intensities(image: torch.Tensor, codebook: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """The index of the nearest codebook level of every value (ties go to the lower index).
+
+    Args:
+        image: any shape, e.g. ``(C, H, W)``, values typically in [0, 1].
+        codebook: ``(K,)`` intensity levels.
+
+    Returns:
+        Long tensor of ``image``'s shape with values in [0, K − 1].
+    """
+    levels = torch.as_tensor(codebook, dtype=image.dtype, device=image.device)
+    return (image[..., None] - levels).abs().argmin(dim=-1)
+
+
+def class_selection_probs(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    codebook: Sequence[float] | torch.Tensor = DAG_CODEBOOK,
+    pseudo_count: float = _CLASS_PSEUDO_COUNT,
+) -> torch.Tensor:
+    """Probability of selecting each intensity class for the shift: n_k / (Σ_j n_j + pseudo_count).
+
+    n_k counts the values of class k (:func:`quantize_intensities`) at the pixels of the mask's support (m > 0), over
+    all channels. The pseudo-count makes large classes of large shapes likely and keeps every class unlikely in a
+    small shape.
+
+    Args:
+        image: ``(C, H, W)`` image in [0, 1].
+        mask: ``(1, H, W)`` soft mask in [0, 1].
+        codebook: ``(K,)`` intensity levels.
+        pseudo_count: the reference's 1000 (for its 64-px anomaly window), > 0.
+
+    Returns:
+        ``(K,)`` float64 probabilities in [0, 1), summing to less than 1.
+    """
+    classes = quantize_intensities(image, codebook)
+    counts = torch.bincount(classes[(mask > 0).expand_as(classes)], minlength=len(codebook)).double()
+    return counts / (counts.sum() + pseudo_count)
+
+
+def intensity_class_bias(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    selected: torch.Tensor,
+    shift: float,
+    codebook: Sequence[float] | torch.Tensor = DAG_CODEBOOK,
+    sigma: float = _CLASS_BLUR_SIGMA,
+) -> tuple[torch.Tensor, float]:
+    """The reference 'dag' intensity shift: out = x + shift·m·G_σ(1[class(x) ∈ selected]), clipped to [0, 1].
+
+    The indicator of the pixels whose intensity class (:func:`quantize_intensities`) is selected is blurred with a
+    Gaussian of σ pixels (scipy's ``'reflect'`` border) so that the shift has no hard edges, and weighted by the mask.
+    With no class selected every class is shifted (the reference's fallback), i.e. the whole shape.
+
+    Args:
+        image: ``(C, H, W)`` image in [0, 1] (in DISYRE, the foreign-patch corrupted image).
+        mask: ``(1, H, W)`` soft mask in [0, 1].
+        selected: ``(K,)`` bool, the shifted classes.
+        shift: signed shift in intensity units, reference ±U[0, 1].
+        codebook: ``(K,)`` intensity levels.
+        sigma: blur σ in pixels, >= 0 (reference 1 at its 64-px window).
+
+    Returns:
+        ``(out, alpha_bias)``: the shifted ``(C, H, W)`` image, equal to ``image`` outside the mask's support and
+        clipped to [0, 1] inside it, and α_bias = max |out − image| in [0, 1].
+    """
+    if selected.shape != (len(codebook),):
+        raise ValueError(f"selected needs one flag per codebook level ({len(codebook)}), got {tuple(selected.shape)}.")
+    flags = selected.to(device=image.device, dtype=torch.bool)
+    if not bool(flags.any()):
+        flags = torch.ones_like(flags)
+    indicator = flags[quantize_intensities(image, codebook)].to(image.dtype)
+    if sigma > 0:
+        indicator = gaussian_smooth(indicator[None], sigma)[0]
+    weight = mask.to(image.dtype) * indicator
+    # only the shifted pixels are clipped, so an input slightly outside [0, 1] is left alone outside the shape
+    out = torch.where(weight > 0, (image + shift * weight).clamp(0.0, 1.0), image)
+    return out, float((out - image).abs().max())
 
 
 def _check_pair(name: str, value: Sequence[float], low: float, high: float | None = None) -> tuple[float, float]:
@@ -360,7 +486,9 @@ class RandForeignPatchCorruption(Randomizable, Transform):
 
     Every call without ``foreign`` then crops a patch of the current image into the cache (oldest dropped when full),
     so a dataset transform feeds itself with foreign patches from the training set. The patch intensities may be adapted
-    (``intensity_matching``) and multiplied by a random smooth bias field (``bias_prob``).
+    (``intensity_matching``) and multiplied by a random smooth bias field (``bias_prob``). With ``class_bias``, the
+    corrupted image then gets the reference 'dag' intensity-class shift (:func:`intensity_class_bias`) inside the
+    same shape, and the timestep follows max(α, α_bias). The reference's two recipes are :data:`DISYRE_CORRUPTIONS`.
 
     Args:
         alphas: the ``(T + 1,)`` α_t table (:func:`~monai_diffad.disyre_schedule.corruption_alphas`);
@@ -373,9 +501,19 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         bias_coeff_range: coefficient range of that field.
         cache_size: foreign-patch cache length (reference 512); 0 disables the cache.
         mask_kwargs: options of :class:`RandSoftShapeMask` (window size, shapes, blur).
+        zero_alpha_if_unchanged: report α = 0 and t = 0 when the foreign patch left the image exactly unchanged
+            (e.g. a shape wholly in the background), as the reference does.
+        class_bias: add the intensity-class shift after the foreign patch (reference 'dag'). Drawn with probability
+            ``prob`` (independently of the patch): a magnitude ~ U[class_bias_range] with a random sign, and each class
+            k selected with the probability of :func:`class_selection_probs`. Its pseudo-count (1000) and blur σ
+            (1 px) are the reference's for a 64-px window, scaled by (P/64)² and P/64.
+        class_bias_codebook: the ``(K,)`` intensity levels of the classes (reference :data:`DAG_CODEBOOK`).
+        class_bias_range: range of the shift's magnitude, within [0, 1] (reference [0, 1]).
 
-    After a call, ``alpha`` (float), ``timestep`` (int), ``mask`` (``(1, H, W)`` tensor) and ``foreign``
-    (``(C, H, W)`` canvas) describe the last corruption.
+    After a call, ``alpha`` (float, the α the timestep follows: max(``alpha_texture``, ``alpha_bias``)),
+    ``alpha_texture`` (the foreign patch's α), ``alpha_bias`` (max |Δ| of the class shift, 0 without it),
+    ``timestep`` (int), ``mask`` (``(1, H, W)`` tensor) and ``foreign`` (``(C, H, W)`` canvas) describe the last
+    corruption.
 
     Raises:
         ValueError: invalid options or images (not ``(C, H, W)``, NaN/inf, shape mismatch with ``foreign``).
@@ -392,6 +530,10 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         bias_coeff_range: Sequence[float] = (0.0, 0.3),
         cache_size: int = 512,
         mask_kwargs: Mapping[str, Any] | None = None,
+        zero_alpha_if_unchanged: bool = False,
+        class_bias: bool = False,
+        class_bias_codebook: Sequence[float] = DAG_CODEBOOK,
+        class_bias_range: Sequence[float] = (0.0, 1.0),
     ) -> None:
         if alphas is None:
             table = corruption_alphas(disyre_scheduler())
@@ -412,7 +554,18 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         self.cache_size = int(cache_size)
         self.cache: list[torch.Tensor] = []
         self.mask_generator = RandSoftShapeMask(**dict(mask_kwargs or {}))
+        self.zero_alpha_if_unchanged = bool(zero_alpha_if_unchanged)
+        self.class_bias = bool(class_bias)
+        codebook = torch.as_tensor(class_bias_codebook, dtype=torch.float32)
+        if codebook.ndim != 1 or len(codebook) == 0 or not torch.isfinite(codebook).all():
+            raise ValueError(f"class_bias_codebook must be a non-empty 1D list of finite levels, got {codebook}.")
+        self.class_bias_codebook = codebook
+        self.class_bias_range = _check_pair("class_bias_range", class_bias_range, 0.0, 1.0)
+        # the (α, t) drawn by randomize; alpha/timestep below are what the last call reported
+        self._draw = (0.0, 0)
         self.alpha = 0.0
+        self.alpha_texture = 0.0
+        self.alpha_bias = 0.0
         self.timestep = 0
         self.mask = torch.zeros(1, 1, 1)
         self.foreign = torch.zeros(1, 1, 1)
@@ -443,6 +596,7 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         else:
             self.timestep = int(self.R.randint(1, self.num_steps + 1))
             self.alpha = float(self.alphas[self.timestep])
+        self._draw = (self.alpha, self.timestep)
 
     def crop_patch(self, image: torch.Tensor, p: int, foreground: NdarrayOrTensor | None = None) -> torch.Tensor:
         """A random ``(C, P, P)`` crop of the foreground bounding box of ``image`` (clamped to the image)."""
@@ -474,6 +628,20 @@ class RandForeignPatchCorruption(Randomizable, Transform):
             return self.cache[usable[self.R.randint(len(usable))]].to(image.device)
         return self.crop_patch(image, p)
 
+    def _class_shift(self, image: torch.Tensor, mask: torch.Tensor, p: int) -> tuple[torch.Tensor, float]:
+        """Draw and apply the class shift to ``image`` ``(C, H, W)`` inside ``mask``; returns (out, α_bias)."""
+        if self.R.rand() >= self.prob:
+            return image, 0.0
+        magnitude = float(self.R.uniform(*self.class_bias_range))
+        sign = 1.0 if self.R.rand() < 0.5 else -1.0
+        scale = p / _REFERENCE_WINDOW
+        # the reference's constants hold for its 64-px window: the pseudo-count is a pixel count, σ a length
+        odds = class_selection_probs(image, mask, self.class_bias_codebook, _CLASS_PSEUDO_COUNT * scale**2)
+        selected = torch.from_numpy(self.R.rand(len(odds)) < odds.cpu().numpy())
+        return intensity_class_bias(
+            image, mask, selected, sign * magnitude, self.class_bias_codebook, _CLASS_BLUR_SIGMA * scale
+        )
+
     def __call__(
         self,
         img: NdarrayOrTensor,
@@ -487,10 +655,11 @@ class RandForeignPatchCorruption(Randomizable, Transform):
             img: ``(C, H, W)`` healthy image in [0, 1] (background 0).
             foreground: optional ``(1, H, W)`` foreground mask (else the non-zero pixels).
             foreign: optional ``(C, H', W')`` healthy image the foreign patch is cropped from.
-            randomize: draw a new (t, α); ``False`` reuses the last (t, α) (mask and patch are always new).
+            randomize: draw a new (t, α); ``False`` reuses the last drawn (t, α) (mask, patch and class shift are
+                always new).
 
         Returns:
-            x_t, ``(C, H, W)``, same type and device as ``img``.
+            x_t, ``(C, H, W)``, same type and device as ``img``; in [0, 1] when ``img`` is.
         """
         x = _as_image(img)
         src = None if foreign is None else _as_image(foreign, "foreign").to(x.device)
@@ -509,7 +678,17 @@ class RandForeignPatchCorruption(Randomizable, Transform):
         if src is None:  # a caller that supplies foreign images (corrupt_batch) does not use the cache
             self._push(self.crop_patch(x, p, foreground))
         self.mask, self.foreign = mask, canvas
-        out = interpolate_foreign_patch(x, canvas, mask, self.alpha)
+        alpha, timestep = self._draw
+        out = interpolate_foreign_patch(x, canvas, mask, alpha)
+        if self.zero_alpha_if_unchanged and torch.equal(out, x):
+            alpha, timestep = 0.0, 0
+        self.alpha_texture, self.alpha_bias = alpha, 0.0
+        if self.class_bias:
+            out, self.alpha_bias = self._class_shift(out, mask, p)
+            if self.alpha_bias > alpha:
+                alpha = self.alpha_bias
+                timestep = int(timestep_for_alpha(torch.tensor([alpha]), self.alphas)[0])
+        self.alpha, self.timestep = alpha, timestep
         return convert_to_dst_type(out, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
 
     def corrupt_batch(self, x0: torch.Tensor, foreground: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -557,7 +736,8 @@ class RandForeignPatchCorruptiond(Randomizable, MapTransform):
     """Dictionary version of :class:`RandForeignPatchCorruption` for a training ``Dataset``.
 
     The image at ``keys`` is replaced by x_t; the clean image goes to ``target_key`` (the regression target), the
-    timestep to ``timestep_key`` (``()`` long tensor), α to ``alpha_key`` and the soft mask to ``mask_key``.
+    timestep to ``timestep_key`` (``()`` long tensor), the α it follows to ``alpha_key`` and the soft mask to
+    ``mask_key``.
 
     Args:
         keys: the image key (exactly one).
@@ -566,7 +746,12 @@ class RandForeignPatchCorruptiond(Randomizable, MapTransform):
         alpha_key: output key of α.
         mask_key: output key of m (``None`` to skip).
         foreground_key: optional key of a foreground mask.
+        preset: ``None`` or the name of a reference recipe in :data:`DISYRE_CORRUPTIONS` (``"fpi"``, ``"dag"``); its
+            options are the defaults of ``kwargs``, which override them one by one.
         kwargs: options of :class:`RandForeignPatchCorruption`.
+
+    Raises:
+        ValueError: more than one key, an unknown ``preset`` or invalid options.
     """
 
     def __init__(
@@ -578,6 +763,7 @@ class RandForeignPatchCorruptiond(Randomizable, MapTransform):
         mask_key: str | None = "corruption_mask",
         foreground_key: str | None = None,
         allow_missing_keys: bool = False,
+        preset: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -586,7 +772,9 @@ class RandForeignPatchCorruptiond(Randomizable, MapTransform):
         self.target_key, self.timestep_key, self.alpha_key = target_key, timestep_key, alpha_key
         self.mask_key = mask_key
         self.foreground_key = foreground_key
-        self.corruption = RandForeignPatchCorruption(**kwargs)
+        self.preset = None if preset is None else look_up_option(preset, tuple(DISYRE_CORRUPTIONS))
+        defaults = DISYRE_CORRUPTIONS[self.preset] if self.preset is not None else {}
+        self.corruption = RandForeignPatchCorruption(**{**defaults, **kwargs})
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
