@@ -1,17 +1,19 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
-"""Build the healthy training set, the development evaluation set and the demo data from the offline sources.
+"""Build the healthy training set, the development and unseen-anatomy evaluation sets and the demo data offline.
 
 This is a **synthetic benchmark built from real anatomy, not a clinical data set**: the training set is axial slices
 of three public T1 anatomies (MNI152, ROBEX reference scan, deepmriprep template) multiplied by MONAI augmentation; the
-development set paints synthetic stroke-like and tumour-like lesions, with exact masks, into the held-out Colin27 brain.
-Its numbers are not comparable to BraTS/ATLAS results. Everything is deterministic from a seed and built offline.
+development set paints synthetic stroke-like and tumour-like lesions, with exact masks, into the held-out Colin27 brain;
+the unseen-anatomy set paints them the same way into deformed, re-rendered Colin27 pseudo-subjects
+(:mod:`monai_diffad.data.subjects`). Its numbers are not comparable to BraTS/ATLAS results. Everything is deterministic
+from a seed and built offline.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
@@ -24,10 +26,15 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandAffined,
     RandBiasFieldd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandGibbsNoised,
+    RandScaleIntensityFixedMeand,
+    RandShiftIntensityd,
     Resize,
     ScaleIntensityRanged,
 )
+from monai.utils import look_up_option
 from scipy.ndimage import distance_transform_edt
 
 from monai_diffad.data.slices import (
@@ -38,6 +45,7 @@ from monai_diffad.data.slices import (
     select_axial_slices,
 )
 from monai_diffad.data.sources import TRAIN_SOURCES, load_source_volume
+from monai_diffad.data.subjects import deformed_subject, stream_seeds, unseen_subject
 from monai_diffad.transforms.lesions import (
     LESION_SIZE_CLASSES,
     LESION_TYPES,
@@ -49,17 +57,25 @@ from monai_diffad.transforms.lesions import (
 __all__ = [
     "SUPPORTED_RESOLUTIONS",
     "VALIDATION_EVERY",
+    "AUGMENTATION_RECIPES",
+    "volume_slices",
     "slices_at_resolution",
     "build_training_set",
     "training_set_path",
     "ensure_training_set",
+    "intensity_augmentation",
     "training_augmentation",
     "DEV_SOURCE",
+    "UNSEEN_SUBJECTS",
     "SYNTHETIC_NOTE",
     "save_nifti_slice",
+    "lesion_set_arrays",
     "dev_set_arrays",
+    "unseen_set_arrays",
     "at_resolution",
+    "NPZ_KEYS",
     "build_dev_set",
+    "build_unseen_set",
     "build_demo_data",
 ]
 
@@ -74,107 +90,180 @@ def _check_resolution(resolution: int) -> int:
     return int(resolution)
 
 
-def slices_at_resolution(name: str, resolution: int) -> dict[str, np.ndarray]:
-    """Axial slices of one source at 128 x 128, or 2 x 2 average-pooled to 64 x 64.
+def volume_slices(volume: Mapping[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
+    """Axial slices of a normalised 1 mm RAS volume at 128 x 128, or 2 x 2 average-pooled to 64 x 64.
 
     Args:
-        name: source name (see :mod:`monai_diffad.data.sources`).
+        volume: ``{"image": (X, Y, Z) float [0, 1], "mask": (X, Y, Z) bool}`` (a loaded source or a pseudo-subject).
         resolution: 64 or 128.
 
     Returns:
         ``{"images": (N, R, R) float32 [0, 1], "masks": (N, R, R) bool, "z": (N,) int}``.
     """
     resolution = _check_resolution(resolution)
-    volume = load_source_volume(name)
     out = extract_axial_slices(volume["image"], volume["mask"], size=128)
     if resolution == 64:
         out["images"], out["masks"] = halve_resolution(out["images"], out["masks"])
     return out
 
 
-def training_set_path(dataset_dir: str, resolution: int) -> str:
-    """Path of the cached training slices for ``resolution``."""
-    return os.path.join(dataset_dir, f"train_slices_{_check_resolution(resolution)}.npz")
+def slices_at_resolution(name: str, resolution: int) -> dict[str, np.ndarray]:
+    """:func:`volume_slices` of the source ``name`` (see :mod:`monai_diffad.data.sources`)."""
+    return volume_slices(load_source_volume(name), resolution)
 
 
-def build_training_set(dataset_dir: str, resolution: int = 64) -> str:
+def training_set_path(dataset_dir: str, resolution: int, synthetic_subjects: int = 0, seed: int = 0) -> str:
+    """Path of the cached training slices: ``train_slices_R.npz``, or ``train_slices_R_kK[_sS].npz`` with
+    ``K`` synthetic subjects per template (``_sS`` for a seed other than 0)."""
+    name = f"train_slices_{_check_resolution(resolution)}"
+    if synthetic_subjects:
+        name += f"_k{synthetic_subjects}" + (f"_s{seed}" if seed else "")
+    return os.path.join(dataset_dir, name + ".npz")
+
+
+def _training_subjects(name: str, synthetic_subjects: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """The template ``name`` itself, then ``synthetic_subjects`` deformed copies (one volume in memory at a time)."""
+    volume = load_source_volume(name)
+    yield volume
+    for subject_seed in stream_seeds(f"training/{name}", seed, synthetic_subjects):
+        yield deformed_subject(volume, subject_seed)
+
+
+def build_training_set(dataset_dir: str, resolution: int = 64, synthetic_subjects: int = 0, seed: int = 0) -> str:
     """Cache the healthy base slices of the training sources (never Colin27) as one npz.
 
     Args:
         dataset_dir: output folder (created).
         resolution: 64 or 128.
+        synthetic_subjects: ``K`` deformed copies of each template added after it (docs/data.md "Diversity
+            recipe"); 0 builds the set of the three templates alone.
+        seed: seed of the copies' deformations (unused when ``synthetic_subjects`` is 0).
 
     Returns:
-        The npz path. Keys: ``images`` (N, R, R) float32 in [0, 1]; ``masks`` (N, R, R) uint8; ``source`` (N,) str;
-        ``z`` (N,) int; ``validation`` (N,) bool, every :data:`VALIDATION_EVERY`-th slice of each source (held out
-        from training for the validation loss).
+        The npz path (:func:`training_set_path`). Keys: ``images`` (N, R, R) float32 in [0, 1]; ``masks``
+        (N, R, R) uint8; ``source`` (N,) str; ``z`` (N,) int; ``validation`` (N,) bool, every
+        :data:`VALIDATION_EVERY`-th slice of each source and subject (held out from training for the validation
+        loss); with synthetic subjects also ``subject`` (N,) int, 0 for the template and 1..K for its copies.
     """
-    images, masks, sources, zs, validation = [], [], [], [], []
+    if synthetic_subjects < 0:
+        raise ValueError(f"synthetic_subjects must be >= 0, got {synthetic_subjects}.")
+    images, masks, sources, zs, validation, subjects = [], [], [], [], [], []
     for name in TRAIN_SOURCES:
-        s = slices_at_resolution(name, resolution)
-        n = len(s["z"])
-        images.append(s["images"])
-        masks.append(s["masks"].astype(np.uint8))
-        sources += [name] * n
-        zs.append(s["z"])
-        validation.append(np.arange(n) % VALIDATION_EVERY == VALIDATION_EVERY // 2)
+        for k, volume in enumerate(_training_subjects(name, synthetic_subjects, seed)):
+            s = volume_slices(volume, resolution)
+            n = len(s["z"])
+            images.append(s["images"])
+            masks.append(s["masks"].astype(np.uint8))
+            sources += [name] * n
+            zs.append(s["z"])
+            validation.append(np.arange(n) % VALIDATION_EVERY == VALIDATION_EVERY // 2)
+            subjects.append(np.full(n, k))
+    arrays = {
+        "images": np.concatenate(images),
+        "masks": np.concatenate(masks),
+        "source": np.array(sources),
+        "z": np.concatenate(zs),
+        "validation": np.concatenate(validation),
+    }
+    if synthetic_subjects:  # the templates-only set keeps exactly its published keys
+        arrays["subject"] = np.concatenate(subjects)
     os.makedirs(dataset_dir, exist_ok=True)
-    path = training_set_path(dataset_dir, resolution)
-    np.savez_compressed(
-        path,
-        images=np.concatenate(images),
-        masks=np.concatenate(masks),
-        source=np.array(sources),
-        z=np.concatenate(zs),
-        validation=np.concatenate(validation),
-    )
+    path = training_set_path(dataset_dir, resolution, synthetic_subjects, seed)
+    np.savez_compressed(path, **arrays)
     return path
 
 
-def ensure_training_set(dataset_dir: str, resolution: int = 64) -> str:
+def ensure_training_set(dataset_dir: str, resolution: int = 64, synthetic_subjects: int = 0, seed: int = 0) -> str:
     """Return the cached training set path, building it first when it is missing."""
-    path = training_set_path(dataset_dir, resolution)
-    return path if os.path.isfile(path) else build_training_set(dataset_dir, resolution)
+    path = training_set_path(dataset_dir, resolution, synthetic_subjects, seed)
+    return path if os.path.isfile(path) else build_training_set(dataset_dir, resolution, synthetic_subjects, seed)
 
 
-def training_augmentation(resolution: int = 64, keys: tuple[str, str] = ("image", "mask")) -> Compose:
+#: ``recipe`` values of :func:`training_augmentation`.
+AUGMENTATION_RECIPES = ("default", "diverse")
+
+
+def intensity_augmentation(keys: tuple[str, str] = ("image", "mask")) -> Compose:
+    """docs/data.md "Diversity recipe": intensity changes between scanners, for 2D training slices.
+
+    Each with probability 0.5 (blur 0.3), in this order: a polynomial bias field (degree 3, coefficients
+    ``U(0, 0.3)``), gamma ``U(0.5, 2)``, contrast (scaled by ``1 + U(-0.25, 0.25)`` about the slice mean),
+    brightness (shifted by ``U(-0.1, 0.1)``), blur (sigma ``U(0.25, 0.6)`` pixels) and Gaussian noise (sigma
+    ``U(0, 0.03)``); then the background is masked back to 0 and the image clipped to [0, 1]. The unseen-anatomy
+    set renders its subjects with another family (:func:`monai_diffad.data.subjects.unseen_intensity_model`).
+
+    Args:
+        keys: ``(image_key, mask_key)``; items are channel-first ``(1, H, W)``, image in [0, 1].
+
+    Returns:
+        A ``Compose`` whose output image is in [0, 1], 0 where the mask is 0.
+    """
+    image_key, mask_key = keys
+    return Compose(
+        [
+            RandBiasFieldd(image_key, degree=3, coeff_range=(0.0, 0.3), prob=0.5),
+            RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),
+            RandScaleIntensityFixedMeand(image_key, prob=0.5, factors=0.25),
+            RandShiftIntensityd(image_key, prob=0.5, offsets=0.1),
+            RandGaussianSmoothd(image_key, sigma_x=(0.25, 0.6), sigma_y=(0.25, 0.6), prob=0.3),
+            RandGaussianNoised(image_key, prob=0.5, std=0.03),
+            # every step above also changes the background: re-mask, then clip to [0, 1]
+            MaskIntensityd(image_key, mask_key=mask_key),
+            ScaleIntensityRanged(image_key, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+
+
+def training_augmentation(
+    resolution: int = 64, keys: tuple[str, str] = ("image", "mask"), recipe: str = "default"
+) -> Compose:
     """docs/data.md Recipe 1: MONAI augmentation that turns three anatomies into many plausible "subjects".
 
     Values are set for 128 x 128; at 64 x 64 the translation and the elastic grid spacing (both in pixels) are halved.
+    ``recipe="diverse"`` keeps the spatial steps and Gibbs ringing and replaces the bias field and contrast steps by
+    :func:`intensity_augmentation` (docs/data.md "Diversity recipe").
 
     Args:
         resolution: 64 or 128.
         keys: ``(image_key, mask_key)``; items are channel-first ``(1, R, R)`` arrays, image in [0, 1].
+        recipe: one of :data:`AUGMENTATION_RECIPES`.
 
     Returns:
         A ``Compose`` whose output image is in [0, 1], 0 outside the (augmented) brain mask.
     """
     factor = 128 // _check_resolution(resolution)
+    recipe = look_up_option(recipe, AUGMENTATION_RECIPES)
     image_key, mask_key = keys
     both = [image_key, mask_key]
+    spatial = [
+        EnsureTyped(both, track_meta=False),
+        RandAffined(
+            both,
+            prob=0.8,
+            rotate_range=0.21,
+            scale_range=(0.1, 0.1),
+            translate_range=(6 / factor, 6 / factor),
+            shear_range=(0.05, 0.05),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        Rand2DElasticd(
+            both,
+            spacing=(24 // factor, 24 // factor),
+            magnitude_range=(0.5, 2.0),
+            prob=0.5,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+    ]
+    gibbs = RandGibbsNoised(image_key, prob=0.3, alpha=(0.0, 0.4))
+    if recipe == "diverse":
+        return Compose([*spatial, gibbs, intensity_augmentation(keys)])
     return Compose(
         [
-            EnsureTyped(both, track_meta=False),
-            RandAffined(
-                both,
-                prob=0.8,
-                rotate_range=0.21,
-                scale_range=(0.1, 0.1),
-                translate_range=(6 / factor, 6 / factor),
-                shear_range=(0.05, 0.05),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            Rand2DElasticd(
-                both,
-                spacing=(24 // factor, 24 // factor),
-                magnitude_range=(0.5, 2.0),
-                prob=0.5,
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
+            *spatial,
             RandBiasFieldd(image_key, degree=3, coeff_range=(0.0, 0.15), prob=0.5),
-            RandGibbsNoised(image_key, prob=0.3, alpha=(0.0, 0.4)),
+            gibbs,
             RandAdjustContrastd(image_key, prob=0.5, gamma=(0.7, 1.5)),
             # Gibbs ringing and the bias field leak into the background: re-mask, then clip to [0, 1]
             MaskIntensityd(image_key, mask_key=mask_key),
@@ -191,6 +280,8 @@ def training_augmentation(resolution: int = 64, keys: tuple[str, str] = ("image"
 DEV_LESIONS_PER_CELL = 25
 DEV_LESION_FREE = 50
 DEV_SOURCE = "colin27"
+#: Colin27 pseudo-subjects of the unseen-anatomy check set (about 100 base slices each).
+UNSEEN_SUBJECTS = 8
 SYNTHETIC_NOTE = (
     "Synthetic benchmark built from real anatomy (Colin27, held out from training) with painted stroke-like and "
     "tumour-like lesions and exact masks; not a clinical data set, not comparable to BraTS/ATLAS results."
@@ -211,33 +302,46 @@ def save_nifti_slice(array: np.ndarray, path: str, spacing: float | Sequence[flo
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), path)
 
 
-def dev_set_arrays(seed: int = 0) -> dict[str, np.ndarray]:
-    """Generate the development set at 128 x 128: 150 lesion slices and 50 lesion-free slices of Colin27.
+def lesion_set_arrays(
+    base: Mapping[str, np.ndarray],
+    layout_seed: int,
+    lesion_seeds: Sequence[int],
+    lesions_per_cell: int = DEV_LESIONS_PER_CELL,
+    lesion_free: int = DEV_LESION_FREE,
+) -> dict[str, np.ndarray]:
+    """Paint docs/data.md Recipe 2's lesions into healthy 128 x 128 base slices: one lesion per lesion slice.
 
-    Per size class, 25 stroke-like and 25 tumour-like lesions, one per slice; the base slices of the lesion slices
-    cycle through two random permutations of the 103 Colin27 slices; the 50 lesion-free slices are distinct base
-    slices. Item ``i``'s lesion is drawn with the seed ``seed * 100003 + i``, so items do not depend on each other.
+    Per size class, ``lesions_per_cell`` stroke-like and as many tumour-like lesions, in an order shuffled by
+    ``layout_seed``; the lesion slices' bases cycle through random permutations of all base slices; the
+    ``lesion_free`` lesion-free slices are distinct base slices. Lesion ``i`` is drawn with ``lesion_seeds[i]``,
+    so items do not depend on each other.
 
     Args:
-        seed: the set's seed (the published set uses 0).
+        base: ``images`` (N, 128, 128) float [0, 1], ``masks`` (N, 128, 128) brain masks, ``z`` (N,) and any
+            other per-slice arrays (N,), which are carried to the items (e.g. ``subject``).
+        layout_seed: seeds the order of the cells and the choice of base slices.
+        lesion_seeds: one seed per lesion slice (``6 * lesions_per_cell``), each in ``[0, 2**32)``.
+        lesions_per_cell: lesion slices per (lesion type, size class).
+        lesion_free: lesion-free slices, at most N.
 
     Returns:
-        ``images`` (200, 128, 128) float32 [0, 1]; ``masks`` (200, 128, 128) uint8 lesion masks; ``brain_masks``
-        uint8; ``size_class`` (200,) int (0 none, 1 small, 2 medium, 3 large); ``lesion_type`` (200,) str
-        (``stroke``/``tumour``/``none``); ``z`` (200,) Colin27 slice index; ``split`` (200,) str (``test`` for the
-        lesion slices first, then ``validation`` for the lesion-free ones).
+        ``images`` (M, 128, 128) float32 [0, 1]; ``masks`` (M, 128, 128) uint8 lesion masks; ``brain_masks``
+        uint8; ``size_class`` (M,) int (0 none, 1 small, 2 medium, 3 large); ``lesion_type`` (M,) str
+        (``stroke``/``tumour``/``none``); ``split`` (M,) str (``test`` for the lesion slices first, then
+        ``validation`` for the lesion-free ones); and ``z`` and the other per-slice arrays of each item's base.
     """
-    base = slices_at_resolution(DEV_SOURCE, 128)
     n_base = len(base["z"])
-    rng = np.random.RandomState(seed)
-    cells = [(t, c) for c in LESION_SIZE_CLASSES for t in LESION_TYPES for _ in range(DEV_LESIONS_PER_CELL)]
+    rng = np.random.RandomState(layout_seed)
+    cells = [(t, c) for c in LESION_SIZE_CLASSES for t in LESION_TYPES for _ in range(lesions_per_cell)]
+    if len(lesion_seeds) != len(cells):
+        raise ValueError(f"Expected one lesion seed per lesion slice ({len(cells)}), got {len(lesion_seeds)}.")
     cells = [cells[i] for i in rng.permutation(len(cells))]
     lesion_bases = np.concatenate([rng.permutation(n_base) for _ in range(-(-len(cells) // n_base))])[: len(cells)]
-    free_bases = np.sort(rng.choice(n_base, DEV_LESION_FREE, replace=False))
+    free_bases = np.sort(rng.choice(n_base, lesion_free, replace=False))
     images, masks, classes, types, bases = [], [], [], [], []
-    for i, ((lesion_type, size_class), b) in enumerate(zip(cells, lesion_bases)):
+    for (lesion_type, size_class), b, lesion_seed in zip(cells, lesion_bases, lesion_seeds):
         painter = RandSyntheticLesion(lesion_type, size_class)
-        painter.set_random_state(seed * 100003 + i)
+        painter.set_random_state(lesion_seed)
         image, label = painter(base["images"][b][None], base["masks"][b][None])
         images.append(image[0])
         masks.append(label[0])
@@ -251,15 +355,70 @@ def dev_set_arrays(seed: int = 0) -> dict[str, np.ndarray]:
         types.append("none")
         bases.append(b)
     bases_arr = np.asarray(bases)
+    per_slice = {k: v[bases_arr] for k, v in base.items() if k not in ("images", "masks")}
     return {
         "images": np.stack(images).astype(np.float32),
         "masks": np.stack(masks).astype(np.uint8),
         "brain_masks": base["masks"][bases_arr].astype(np.uint8),
         "size_class": np.asarray(classes, dtype=np.int64),
         "lesion_type": np.asarray(types),
-        "z": base["z"][bases_arr],
-        "split": np.asarray(["test"] * len(cells) + ["validation"] * DEV_LESION_FREE),
+        **per_slice,
+        "split": np.asarray(["test"] * len(cells) + ["validation"] * lesion_free),
     }
+
+
+def dev_set_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """Generate the development set at 128 x 128: 150 lesion slices and 50 lesion-free slices of Colin27.
+
+    :func:`lesion_set_arrays` on the 103 Colin27 slices (so the lesion slices' bases cycle through two
+    permutations), with the layout seed ``seed`` and lesion ``i`` drawn with the seed ``seed * 100003 + i``.
+
+    Args:
+        seed: the set's seed (the published set uses 0).
+
+    Returns:
+        :func:`lesion_set_arrays`'s arrays for 200 items; ``z`` is the Colin27 slice index.
+    """
+    n_lesions = len(LESION_TYPES) * len(LESION_SIZE_CLASSES) * DEV_LESIONS_PER_CELL
+    lesion_seeds = [seed * 100003 + i for i in range(n_lesions)]
+    return lesion_set_arrays(slices_at_resolution(DEV_SOURCE, 128), seed, lesion_seeds)
+
+
+def unseen_set_arrays(
+    seed: int = 0,
+    subjects: int = UNSEEN_SUBJECTS,
+    lesions_per_cell: int = DEV_LESIONS_PER_CELL,
+    lesion_free: int = DEV_LESION_FREE,
+) -> dict[str, np.ndarray]:
+    """Generate the unseen-anatomy check set at 128 x 128 (docs/data.md "Unseen-anatomy check set").
+
+    ``subjects`` Colin27 pseudo-subjects (:func:`monai_diffad.data.subjects.unseen_subject`: a smooth random 3D
+    deformation and another intensity model than the development set's), sliced by the slice conventions and
+    pooled, then :func:`lesion_set_arrays`. Subjects, layout and lesions draw from the ``"unseen"`` seed streams,
+    never from the development set's seeds.
+
+    Args:
+        seed: the set's seed.
+        subjects: number of pseudo-subjects.
+        lesions_per_cell: lesion slices per (lesion type, size class); the published set uses 25.
+        lesion_free: lesion-free slices; the published set uses 50.
+
+    Returns:
+        :func:`lesion_set_arrays`'s arrays, plus ``subject`` (M,) int, the item's pseudo-subject; ``z`` is the slice
+        index in that subject's volume.
+    """
+    if subjects < 1:
+        raise ValueError(f"subjects must be >= 1, got {subjects}.")
+    volume = load_source_volume(DEV_SOURCE)
+    pools = []
+    for k, subject_seed in enumerate(stream_seeds("unseen", seed, subjects)):
+        pool = volume_slices(unseen_subject(volume, subject_seed), 128)
+        pools.append({**pool, "subject": np.full(len(pool["z"]), k)})
+    base = {key: np.concatenate([p[key] for p in pools]) for key in pools[0]}
+    n_lesions = len(LESION_TYPES) * len(LESION_SIZE_CLASSES) * lesions_per_cell
+    (layout_seed,) = stream_seeds("unseen-layout", seed, 1)
+    lesion_seeds = stream_seeds("unseen-lesions", seed, n_lesions)
+    return lesion_set_arrays(base, layout_seed, lesion_seeds, lesions_per_cell, lesion_free)
 
 
 def at_resolution(arrays: dict[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
@@ -313,6 +472,21 @@ def _write_training_items(dataset_dir: str, resolution: int) -> list[dict[str, A
     return items
 
 
+#: Arrays of the evaluation sets' npz exports (``python -m monai_diffad.evaluate --data``).
+NPZ_KEYS = ("images", "masks", "brain_masks", "size_class", "lesion_type", "split", "z")
+
+
+def _save_npz_exports(arrays128: Mapping[str, np.ndarray], out_dir: str, prefix: str, keys: Sequence[str]) -> list[str]:
+    """Write ``prefix_128.npz`` and its pooled ``prefix_64.npz`` (:func:`at_resolution`) with ``keys``; their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for r in SUPPORTED_RESOLUTIONS:
+        arrays = at_resolution(dict(arrays128), r)
+        paths.append(os.path.join(out_dir, f"{prefix}_{r}.npz"))
+        np.savez_compressed(paths[-1], **{k: arrays[k] for k in keys})
+    return paths
+
+
 def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
     """Write the development set as NIfTI slices, a decathlon-style datalist and npz exports at 128 and 64.
 
@@ -333,13 +507,7 @@ def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
     """
     resolution = _check_resolution(resolution)
     arrays128 = dev_set_arrays(seed)
-    os.makedirs(out_dir, exist_ok=True)
-    for r in SUPPORTED_RESOLUTIONS:
-        arrays = at_resolution(arrays128, r)
-        np.savez_compressed(
-            os.path.join(out_dir, f"dev_{r}.npz"),
-            **{k: arrays[k] for k in ("images", "masks", "brain_masks", "size_class", "lesion_type", "split", "z")},
-        )
+    _save_npz_exports(arrays128, out_dir, "dev", NPZ_KEYS)
     arrays = at_resolution(arrays128, resolution)
     items = _write_items(arrays, out_dir, f"dev_{resolution}", resolution)
     split = arrays["split"]
@@ -362,6 +530,29 @@ def build_dev_set(out_dir: str, resolution: int = 128, seed: int = 0) -> str:
     with open(path, "w") as f:
         json.dump(datalist, f, indent=1)
     return path
+
+
+def build_unseen_set(
+    out_dir: str,
+    seed: int = 0,
+    subjects: int = UNSEEN_SUBJECTS,
+    lesions_per_cell: int = DEV_LESIONS_PER_CELL,
+    lesion_free: int = DEV_LESION_FREE,
+) -> list[str]:
+    """Write the unseen-anatomy check set as ``unseen_64.npz`` and ``unseen_128.npz`` (:func:`unseen_set_arrays`).
+
+    The files have the development set's npz arrays (:data:`NPZ_KEYS`) and ``subject``, so every tool that reads
+    ``dev_R.npz`` reads them unchanged.
+
+    Args:
+        out_dir: output folder (created).
+        seed, subjects, lesions_per_cell, lesion_free: see :func:`unseen_set_arrays`.
+
+    Returns:
+        The paths of ``unseen_64.npz`` and ``unseen_128.npz``.
+    """
+    arrays128 = unseen_set_arrays(seed, subjects, lesions_per_cell, lesion_free)
+    return sorted(_save_npz_exports(arrays128, out_dir, "unseen", (*NPZ_KEYS, "subject")))
 
 
 def build_demo_data(out_dir: str, seed: int = 0) -> str:

@@ -1,13 +1,15 @@
 # Copyright (c) monai-diffad contributors. Licensed under the Apache License, Version 2.0.
 """Quality check of trained DDPM weights: partial-noise reconstruction of held-out slices.
 
-Healthy (lesion-free) Colin27 slices of the development set are noised to level ``L`` and restored from
+Healthy (lesion-free) slices of an evaluation set (the development set, the unseen-anatomy set or any npz export with
+``images``, ``masks``, ``brain_masks`` and ``split``) are noised to level ``L`` and restored from
 ``t = L`` down to 0 (``L + 1`` network calls, network range [-1, 1]) with Gaussian or Simplex noise, the noise the
 weights were trained with. Reports MSE and SSIM against the input (a good model reproduces healthy anatomy) and,
 on lesion slices, the mean intensity change inside versus outside the lesion (a good model removes lesions).
 
 Usage: ``python -m monai_diffad.training.check_reconstruction --weights bundles/ddpm/models/model.pt
---dev-npz data_cache/dev_64.npz --levels 200 350 --num 8 --png outputs/recon.png``
+--dev-npz data_cache/dev_64.npz --levels 200 350 --num 8 --png outputs/recon.png``; ``--num all --num-lesion 0``
+scores every lesion-free slice and no lesion slice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from monai.networks.schedulers import DDPMScheduler
 from monai_diffad.inferers import DDPMAnomalyInferer, SeededNoise
 from monai_diffad.networks import DEMO_UNET, PAPER_UNET, ddpm_scheduler, load_diffusion_unet
 
-__all__ = ["partial_noise_reconstruct", "reconstruction_report"]
+__all__ = ["AS_NUM", "partial_noise_reconstruct", "reconstruction_report"]
+
+#: ``num_lesion`` of :func:`reconstruction_report`: as many lesion slices as lesion-free ones.
+AS_NUM = -1
 
 
 @torch.no_grad()
@@ -60,35 +65,52 @@ def partial_noise_reconstruct(
     return inferer.from_model(restored).clamp(0, 1)
 
 
+def _spread(indices: np.ndarray, num: int | None) -> np.ndarray:
+    """``num`` of ``indices`` evenly spread over them (all of them for ``None``)."""
+    if num is None:
+        return indices
+    if num < 0:
+        raise ValueError(f"The number of slices must be >= 0 or all, got {num}.")
+    return indices[np.linspace(0, len(indices) - 1, min(num, len(indices))).round().astype(int)]
+
+
 def reconstruction_report(
     weights: str,
     dev_npz: str,
     levels: Sequence[int] = (200, 350),
-    num: int = 8,
+    num: int | None = 8,
     seed: int = 0,
     png: str | None = None,
     network: str = "demo",
     device: str = "cpu",
     noise_type: str = "gaussian",
+    num_lesion: int | None = AS_NUM,
 ) -> dict[str, dict[str, float]]:
-    """Reconstruct ``num`` lesion-free and ``num`` lesion slices at each level and summarise the quality.
+    """Reconstruct ``num`` lesion-free and ``num_lesion`` lesion slices at each level and summarise the quality.
 
-    ``network`` names the architecture of ``weights`` (``"demo"``: :data:`~monai_diffad.networks.DEMO_UNET`,
-    ``"paper"``: :data:`~monai_diffad.networks.PAPER_UNET`); ``dev_npz`` must be at the resolution it was trained
-    at, and ``noise_type`` must be the noise it was trained with (``"simplex"`` for ``model_simplex.pt``). Gaussian
-    noise is drawn on the CPU, so CPU and GPU figures differ by float rounding alone.
+    ``dev_npz`` is any evaluation npz with ``images``, ``masks``, ``brain_masks`` and ``split`` (``validation``:
+    lesion-free, ``test``: lesion slices), e.g. ``dev_64.npz`` or ``unseen_64.npz``. ``network`` names the
+    architecture of ``weights`` (``"demo"``: :data:`~monai_diffad.networks.DEMO_UNET`, ``"paper"``:
+    :data:`~monai_diffad.networks.PAPER_UNET`); ``dev_npz`` must be at the resolution it was trained at, and
+    ``noise_type`` must be the noise it was trained with (``"simplex"`` for ``model_simplex.pt``). Gaussian noise
+    is drawn on the CPU, so CPU and GPU figures differ by float rounding alone.
+
+    Args:
+        num: lesion-free slices, evenly spread over the set's; ``None`` for all of them.
+        num_lesion: lesion slices likewise; ``None`` for all, :data:`AS_NUM` (default) for as many as ``num``, 0
+            for none (then the report has no lesion metrics).
 
     Returns:
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
-        "lesion_change_outside"}}``; the MSE/SSIM are on [0, 1] images over the whole slice (background included,
-        0 on both sides), ``healthy_mse_brain`` only inside the brain mask.
+        "lesion_change_outside"}}``; the MSE/SSIM are means over the lesion-free slices of [0, 1] images over the
+        whole slice (background included, 0 on both sides), ``healthy_mse_brain`` only inside the brain mask; the
+        lesion metrics are absent without lesion slices.
     """
     data = np.load(dev_npz)
-    free = np.nonzero(data["split"] == "validation")[0]
-    lesion = np.nonzero(data["split"] == "test")[0]
-    pick_free = free[np.linspace(0, len(free) - 1, num).round().astype(int)]
-    pick_lesion = lesion[np.linspace(0, len(lesion) - 1, num).round().astype(int)]
+    pick_free = _spread(np.nonzero(data["split"] == "validation")[0], num)
+    pick_lesion = _spread(np.nonzero(data["split"] == "test")[0], num if num_lesion == AS_NUM else num_lesion)
     picks = np.concatenate([pick_free, pick_lesion])
+    n_free = len(pick_free)
     images = torch.from_numpy(data["images"][picks][:, None]).float().to(device)
     brains = torch.from_numpy(data["brain_masks"][picks][:, None]).float().to(device)
     lesions = torch.from_numpy(data["masks"][picks][:, None]).float().to(device)
@@ -102,19 +124,20 @@ def reconstruction_report(
     for level in levels:
         recon = partial_noise_reconstruct(images, unet, scheduler, level, seed, noise_type) * brains
         recons[level] = recon.cpu()
-        h = slice(0, num)
-        change = (recon - images).abs()
-        inside = (change * lesions)[num:].sum() / lesions[num:].sum().clamp(min=1)
-        outside_mask = brains[num:] * (1 - lesions[num:])
+        h, ill = slice(0, n_free), slice(n_free, None)
         healthy_ssim = ssim(recon[h], images[h])
         assert isinstance(healthy_ssim, torch.Tensor)  # MONAI returns a list only for list inputs
-        report[f"L={level}"] = {
+        row = {
             "healthy_mse": float(((recon[h] - images[h]) ** 2).mean()),
             "healthy_mse_brain": float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum()),
             "healthy_ssim": float(healthy_ssim.mean()),
-            "lesion_change_inside": float(inside),
-            "lesion_change_outside": float((change[num:] * outside_mask).sum() / outside_mask.sum()),
         }
+        if len(pick_lesion):
+            change = (recon[ill] - images[ill]).abs()
+            outside_mask = brains[ill] * (1 - lesions[ill])
+            row["lesion_change_inside"] = float((change * lesions[ill]).sum() / lesions[ill].sum().clamp(min=1))
+            row["lesion_change_outside"] = float((change * outside_mask).sum() / outside_mask.sum())
+        report[f"L={level}"] = row
     if png:
         _save_figure(png, images.cpu(), recons)
     return report
@@ -141,12 +164,20 @@ def _save_figure(png: str, images: torch.Tensor, recons: dict[int, torch.Tensor]
     plt.close(fig)
 
 
+def _count(text: str) -> int | None:
+    """A ``--num`` value: a count, or ``all`` (``None``)."""
+    return None if text == "all" else int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_diffad.training.check_reconstruction")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--dev-npz", required=True)
     parser.add_argument("--levels", type=int, nargs="+", default=[200, 350])
-    parser.add_argument("--num", type=int, default=8)
+    parser.add_argument("--num", type=_count, default=8, help="lesion-free slices, or 'all'")
+    parser.add_argument(
+        "--num-lesion", type=_count, default=AS_NUM, help="lesion slices, or 'all' (default: as --num; 0: none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -157,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     report = reconstruction_report(
         args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device,
-        args.noise_type,
+        args.noise_type, args.num_lesion,
     )  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0
