@@ -302,3 +302,32 @@ def test_too_few_slices_for_a_batch_is_refused(cohort, tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
         training_slices(str(tmp_path), 64, min_train_slices=10_000, output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@needs_mni152
+def test_synthetic_subjects_are_for_the_built_in_set_only(cohort, tmp_path):
+    with pytest.raises(ValueError, match="synthetic_subjects applies to the built-in template set"):
+        training_slices(cohort, 64, synthetic_subjects=2, output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bundle", ["ddpm", "disyre"])
+def test_train_bundles_pass_the_diversity_options_through(bundle, tmp_path, monkeypatch):
+    calls: dict[str, Any] = {}
+
+    def fake_slices(*args: Any, **kwargs: Any) -> dict[str, list]:
+        calls.update(kwargs)
+        return {"train": [], "validation": []}
+
+    monkeypatch.setattr("monai_diffad.training.training_slices", fake_slices)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", bundle, "train.json"))
+    parser["bundle_root"] = str(tmp_path / "bundle")
+    assert (parser["synthetic_subjects"], parser["augmentation_recipe"]) == (0, "default")  # the shipped recipe
+    parser["synthetic_subjects"] = 3
+    parser["augmentation_recipe"] = "diverse"
+    parser.get_parsed_content("training_data", lazy=False)
+    assert calls["synthetic_subjects"] == 3
+    augmentation = parser.get_parsed_content("train_transforms", lazy=False).transforms[0]
+    names = [type(t).__name__ for t in augmentation.flatten().transforms]
+    assert "RandGaussianNoised" in names and "RandGaussianSmoothd" in names  # the diverse intensity augmentation

@@ -255,6 +255,7 @@ def training_slices(
     output_dir: str | None = None,
     min_train_slices: int = 1,
     template_cache: str | None = None,
+    synthetic_subjects: int = 0,
     **cohort_options: Any,
 ) -> dict[str, list[Item]]:
     """The training and validation slices of a run: the user's scans, or the built-in template set.
@@ -268,6 +269,8 @@ def training_slices(
         output_dir: folder of the record, created when needed; ``None`` writes nothing.
         min_train_slices: fewest training slices accepted (the loader drops incomplete batches: pass the batch size).
         template_cache: the built-in set's cache folder (see :func:`uses_own_data`).
+        synthetic_subjects: for the built-in set, deformed copies of each template added to it (docs/data.md
+            "Diversity recipe", seeded by ``seed``); 0 keeps the three templates alone.
         cohort_options: the other keywords of :func:`cohort_slice_items` (``bundle``, ``geometry_overrides``,
             ``validation_fraction``, ``min_area_fraction``), used for the user's scans only.
 
@@ -280,14 +283,18 @@ def training_slices(
             training slices.
     """
     if uses_own_data(dataset_dir, datalist, template_cache):
+        if synthetic_subjects:
+            raise ValueError("synthetic_subjects applies to the built-in template set only, not to your own scans.")
         split, record = cohort_slice_items(dataset_dir, resolution, datalist, seed=seed, **cohort_options)
     else:
-        split = {"train": load_slice_items(dataset_dir, resolution, "train"),
-                 "validation": load_slice_items(dataset_dir, resolution, "validation")}
+        split = {part: load_slice_items(dataset_dir, resolution, part, synthetic_subjects, seed)
+                 for part in ("train", "validation")}
+        path = training_set_path(dataset_dir, resolution, synthetic_subjects, seed)
         record = {
-            "source": f"built-in template set {os.path.abspath(training_set_path(dataset_dir, resolution))}",
+            "source": f"built-in template set {os.path.abspath(path)}",
             "split": f"every {VALIDATION_EVERY}th slice of each template held out",
             "seed": int(seed),
+            "synthetic_subjects": int(synthetic_subjects),
             "slices": {part: len(items) for part, items in split.items()},
         }
     if len(split["train"]) < min_train_slices:

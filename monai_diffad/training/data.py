@@ -16,7 +16,9 @@ from monai_diffad.noise import make_noise
 __all__ = ["load_slice_items", "fixed_noise_items"]
 
 
-def load_slice_items(dataset_dir: str, resolution: int = 64, split: str = "train") -> list[dict[str, np.ndarray]]:
+def load_slice_items(
+    dataset_dir: str, resolution: int = 64, split: str = "train", synthetic_subjects: int = 0, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Items ``{"image": (1, R, R) float32 [0, 1], "mask": (1, R, R) float32}`` of the healthy training set.
 
     The set is built from the installed sources when its cache is missing.
@@ -25,12 +27,15 @@ def load_slice_items(dataset_dir: str, resolution: int = 64, split: str = "train
         dataset_dir: folder of the cached ``train_slices_{R}.npz``.
         resolution: 64 or 128.
         split: ``"train"`` (slices used for training) or ``"validation"`` (held-out slices for the validation loss).
+        synthetic_subjects: deformed copies of each template in the set (docs/data.md "Diversity recipe"; 0: the
+            three templates alone).
+        seed: seed of those copies.
 
     Returns:
         A list of dictionaries, one per base slice.
     """
     keep_validation = look_up_option(split, {"train": False, "validation": True})
-    data = np.load(ensure_training_set(dataset_dir, resolution))
+    data = np.load(ensure_training_set(dataset_dir, resolution, synthetic_subjects, seed))
     rows = np.nonzero(data["validation"] == keep_validation)[0]
     return [
         {"image": data["images"][i][None].astype(np.float32), "mask": data["masks"][i][None].astype(np.float32)}
