@@ -207,7 +207,7 @@ def test_from_results_round_trip_writes_the_variant_keys(thor_bundle_copy, tmp_p
     bundles = thor_bundle_copy
     config_file = bundles / "thor" / "inference.json"
     shipped = config_file.read_text()
-    assert '"image_threshold_simplex": null' in shipped
+    shipped_image_threshold = json.loads(shipped)["image_threshold"]
     sha = hashlib.sha256((bundles / "ddpm" / "models" / "model_simplex.pt").read_bytes()).hexdigest()
     results = _results_json(
         tmp_path / "results.json", "thor_simplex", sha, {"calibrated_threshold": 0.123, "image_threshold": 0.2345678}
@@ -221,7 +221,8 @@ def test_from_results_round_trip_writes_the_variant_keys(thor_bundle_copy, tmp_p
     assert _changed_lines(shipped, config_file.read_text()) == {
         next(line.strip().rstrip(",") for line in shipped.splitlines() if '"threshold_simplex"' in line):
             '"threshold_simplex": 0.1230',
-        '"image_threshold_simplex": null': '"image_threshold_simplex": 0.234568',
+        next(line.strip().rstrip(",") for line in shipped.splitlines() if '"image_threshold_simplex"' in line):
+            '"image_threshold_simplex": 0.234568',
     }
     meta = json.loads((bundles / "thor" / "metadata.json").read_text())
     assert meta["threshold_simplex"] == 0.123 and meta["image_threshold_simplex"] == 0.234568
@@ -233,7 +234,7 @@ def test_from_results_round_trip_writes_the_variant_keys(thor_bundle_copy, tmp_p
 
     parser = ConfigParser()
     parser.read_config(str(config_file))
-    assert parser["image_threshold"] is None and parser["image_threshold_simplex"] == 0.234568
+    assert parser["image_threshold"] == shipped_image_threshold and parser["image_threshold_simplex"] == 0.234568
 
     # a report from before the image threshold was recorded: the label threshold only, and a message saying so
     old = _results_json(tmp_path / "old.json", "thor_simplex", sha, {"calibrated_threshold": 0.111})
@@ -254,9 +255,11 @@ def test_from_results_writes_the_image_threshold_of_the_gaussian_variant(thor_bu
     results = _results_json(
         tmp_path / "results.json", "thor", sha, {"calibrated_threshold": 0.2, "image_threshold": 0.3}
     )
+    simplex_before = json.loads((bundles / "thor" / "inference.json").read_text())["image_threshold_simplex"]
     assert main(["--bundle", "thor", "--from-results", results, "--bundles_dir", str(bundles), "--write"]) == 0
     written = json.loads((bundles / "thor" / "inference.json").read_text())
-    assert (written["threshold"], written["image_threshold"], written["image_threshold_simplex"]) == (0.2, 0.3, None)
+    assert (written["threshold"], written["image_threshold"]) == (0.2, 0.3)
+    assert written["image_threshold_simplex"] == simplex_before  # the Simplex variant's key is untouched
     # a bundle without the image key (e.g. a plugin's from before it existed): the label threshold, and a message
     config_file = bundles / "thor" / "inference.json"
     config_file.write_text("\n".join(line for line in config_file.read_text().splitlines()

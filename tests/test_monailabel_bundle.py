@@ -41,6 +41,7 @@ TINY_NETWORK = {
 CHANGED = {
     "step_stride": 7,
     "threshold": 0.123,
+    "image_threshold": None,  # no image threshold calibrated: the app's pixel rule decides pred_label
     "threshold_simplex": 0.0456,
     "record_interval": 3,
     "perceptual": "ssim",
