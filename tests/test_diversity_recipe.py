@@ -20,6 +20,7 @@ from monai_diffad.data.build import (
 )
 from monai_diffad.data.sources import TRAIN_SOURCES, source_available
 from monai_diffad.data.subjects import unseen_intensity_model
+from monai_diffad.training.data import load_slice_items
 
 torch.set_num_threads(1)
 
@@ -84,6 +85,30 @@ def test_synthetic_subjects_are_added_after_each_template(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------ intensity augmentation
+
+
+def test_training_items_read_each_array_once(tmp_path, monkeypatch):
+    """Indexing an ``NpzFile`` decompresses the whole array each time: reading it per slice made loading the
+    synthetic-subject sets quadratic in their size (minutes before the first iteration)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 8, 8), dtype=np.float32)
+    masks = (images > 0.5).astype(np.uint8)
+    validation = np.arange(12) % 4 == 0
+    np.savez_compressed(training_set_path(str(tmp_path), 64), images=images, masks=masks, validation=validation)
+    reads: list[str] = []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+
+    def counting_getitem(self, key):
+        reads.append(key)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counting_getitem)
+    train = load_slice_items(str(tmp_path), 64, "train")
+    assert sorted(reads) == ["images", "masks", "validation"]
+    assert len(train) == 9
+    np.testing.assert_array_equal(np.stack([item["image"][0] for item in train]), images[~validation])
+    np.testing.assert_array_equal(np.stack([item["mask"][0] for item in train]), masks[~validation])
+    assert train[0]["image"].shape == (1, 8, 8) and train[0]["image"].dtype == np.float32
 
 
 def test_default_recipe_is_unchanged():

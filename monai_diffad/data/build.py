@@ -456,7 +456,8 @@ def _write_items(arrays: dict[str, np.ndarray], root: str, folder: str, resoluti
 
 def _write_training_items(dataset_dir: str, resolution: int) -> list[dict[str, Any]]:
     """NIfTI copies of the healthy training slices, for the datalist's ``training`` list."""
-    data = np.load(ensure_training_set(dataset_dir, resolution))
+    with np.load(ensure_training_set(dataset_dir, resolution)) as npz:
+        data = dict(npz)  # one read per array, not one per slice
     spacing = _pixel_spacing(resolution)
     items = []
     for i in range(len(data["images"])):

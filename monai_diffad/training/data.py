@@ -35,11 +35,13 @@ def load_slice_items(
         A list of dictionaries, one per base slice.
     """
     keep_validation = look_up_option(split, {"train": False, "validation": True})
-    data = np.load(ensure_training_set(dataset_dir, resolution, synthetic_subjects, seed))
-    rows = np.nonzero(data["validation"] == keep_validation)[0]
+    # Read each array once: indexing the NpzFile itself decompresses the whole array on every access.
+    with np.load(ensure_training_set(dataset_dir, resolution, synthetic_subjects, seed)) as data:
+        rows = np.nonzero(data["validation"] == keep_validation)[0]
+        images, masks = data["images"][rows], data["masks"][rows]
     return [
-        {"image": data["images"][i][None].astype(np.float32), "mask": data["masks"][i][None].astype(np.float32)}
-        for i in rows
+        {"image": image[None].astype(np.float32), "mask": mask[None].astype(np.float32)}
+        for image, mask in zip(images, masks)
     ]
 
 
