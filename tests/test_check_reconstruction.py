@@ -48,6 +48,15 @@ def test_report_keys_and_ranges(dev_npz, demo_weights, tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
+def test_lesion_slices_alone(dev_npz, demo_weights):
+    """``--num 0``: a lesion-removal report without healthy metrics; nothing picked at all is a clear error."""
+    row = reconstruction_report(demo_weights, dev_npz, levels=(2,), num=0, num_lesion=2)["L=2"]
+    assert set(row) == {"lesion_change_inside", "lesion_change_outside"}
+    assert row["lesion_change_inside"] > 0
+    with pytest.raises(ValueError, match="Nothing to reconstruct"):
+        reconstruction_report(demo_weights, dev_npz, levels=(2,), num=0, num_lesion=0)
+
+
 def test_architecture_must_match_the_weights(dev_npz, demo_weights):
     with pytest.raises(ValueError, match="network must be 'demo' or 'paper'"):
         reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network="large")

@@ -104,12 +104,17 @@ def reconstruction_report(
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
         "lesion_change_outside"}}``; the MSE/SSIM are means over the lesion-free slices of [0, 1] images over the
         whole slice (background included, 0 on both sides), ``healthy_mse_brain`` only inside the brain mask; the
-        lesion metrics are absent without lesion slices.
+        lesion metrics are absent without lesion slices, the healthy ones without lesion-free slices (``num=0``).
+
+    Raises:
+        ValueError: when neither lesion-free nor lesion slices are picked.
     """
     data = np.load(dev_npz)
     pick_free = _spread(np.nonzero(data["split"] == "validation")[0], num)
     pick_lesion = _spread(np.nonzero(data["split"] == "test")[0], num if num_lesion == AS_NUM else num_lesion)
     picks = np.concatenate([pick_free, pick_lesion])
+    if not len(picks):
+        raise ValueError(f"Nothing to reconstruct: no lesion-free and no lesion slices picked from {dev_npz}.")
     n_free = len(pick_free)
     images = torch.from_numpy(data["images"][picks][:, None]).float().to(device)
     brains = torch.from_numpy(data["brain_masks"][picks][:, None]).float().to(device)
@@ -125,13 +130,13 @@ def reconstruction_report(
         recon = partial_noise_reconstruct(images, unet, scheduler, level, seed, noise_type) * brains
         recons[level] = recon.cpu()
         h, ill = slice(0, n_free), slice(n_free, None)
-        healthy_ssim = ssim(recon[h], images[h])
-        assert isinstance(healthy_ssim, torch.Tensor)  # MONAI returns a list only for list inputs
-        row = {
-            "healthy_mse": float(((recon[h] - images[h]) ** 2).mean()),
-            "healthy_mse_brain": float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum()),
-            "healthy_ssim": float(healthy_ssim.mean()),
-        }
+        row = {}
+        if n_free:
+            healthy_ssim = ssim(recon[h], images[h])
+            assert isinstance(healthy_ssim, torch.Tensor)  # MONAI returns a list only for list inputs
+            row["healthy_mse"] = float(((recon[h] - images[h]) ** 2).mean())
+            row["healthy_mse_brain"] = float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum())
+            row["healthy_ssim"] = float(healthy_ssim.mean())
         if len(pick_lesion):
             change = (recon[ill] - images[ill]).abs()
             outside_mask = brains[ill] * (1 - lesions[ill])
