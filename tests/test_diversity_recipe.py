@@ -11,6 +11,8 @@ import torch
 
 from monai_diffad.data import build
 from monai_diffad.data.build import (
+    AUGMENTATION_RECIPES,
+    INTENSITY_STRENGTHS,
     VALIDATION_EVERY,
     build_training_set,
     intensity_augmentation,
@@ -124,15 +126,16 @@ def test_default_recipe_is_unchanged():
     np.testing.assert_array_equal(np.asarray(a(dict(item))["image"]), np.asarray(b(dict(item))["image"]))
 
 
+@pytest.mark.parametrize("recipe", ["mild", "diverse"])
 @pytest.mark.parametrize("resolution", [64, 128])
-def test_diverse_recipe_range_background_and_difference(resolution):
+def test_intensity_recipes_range_background_and_difference(resolution, recipe):
     item = brain_slice(resolution)
-    diverse, default, again = (training_augmentation(resolution, recipe=r) for r in ("diverse", "default", "diverse"))
-    for transform in (diverse, default, again):
+    augment, default, again = (training_augmentation(resolution, recipe=r) for r in (recipe, "default", recipe))
+    for transform in (augment, default, again):
         transform.set_random_state(1)
     differs = False
     for _ in range(6):
-        out = diverse(dict(item))
+        out = augment(dict(item))
         image, mask = np.asarray(out["image"]), np.asarray(out["mask"])
         assert image.shape == (1, resolution, resolution) and image.min() >= 0.0 and image.max() <= 1.0
         assert (image[mask == 0] == 0).all()
@@ -143,10 +146,43 @@ def test_diverse_recipe_range_background_and_difference(resolution):
         training_augmentation(resolution, recipe="wild")
 
 
-def test_intensity_augmentation_covers_scanner_variation_and_keeps_the_range():
-    augment = intensity_augmentation()
+def test_recipes_and_their_steps():
+    assert AUGMENTATION_RECIPES == ("default", "mild", "diverse")
+    steps = {
+        recipe: [type(t).__name__ for t in training_augmentation(64, recipe=recipe).flatten().transforms]
+        for recipe in ("mild", "diverse")
+    }
+    spatial = [
+        "EnsureTyped",
+        "RandAffined",
+        "Rand2DElasticd",
+        "RandGibbsNoised",
+        "RandBiasFieldd",
+        "RandAdjustContrastd",
+    ]
+    tail = ["RandGaussianSmoothd", "RandGaussianNoised", "MaskIntensityd", "ScaleIntensityRanged"]
+    # "diverse" is the recipe fine-tune 1 was trained with: its steps must not change
+    assert steps["diverse"] == [*spatial, "RandScaleIntensityFixedMeand", "RandShiftIntensityd", *tail]
+    assert steps["mild"] == [*spatial, "RandScaleIntensityFixedMeand", *tail]  # no brightness step
+
+
+def test_mild_strength_is_within_the_diverse_one():
+    mild, diverse = INTENSITY_STRENGTHS["mild"], INTENSITY_STRENGTHS["diverse"]
+    for name in ("bias", "contrast", "brightness", "noise"):
+        assert 0 <= mild[name] < diverse[name]
+    assert diverse["gamma"][0] < mild["gamma"][0] < 1 < mild["gamma"][1] < diverse["gamma"][1]
+    by_name = {type(t).__name__: t for t in intensity_augmentation(strength="mild").transforms}
+    assert by_name["RandBiasFieldd"].rand_bias_field.coeff_range == (0.0, 0.15)
+    assert tuple(by_name["RandAdjustContrastd"].adjuster.gamma) == (0.7, 1.5)
+    with pytest.raises(ValueError):
+        intensity_augmentation(strength="default")  # Recipe 1 is training_augmentation's, not a strength
+
+
+@pytest.mark.parametrize("strength", ["mild", "diverse"])
+def test_intensity_augmentation_covers_scanner_variation_and_keeps_the_range(strength):
+    augment = intensity_augmentation(strength=strength)
     names = {type(t).__name__ for t in augment.transforms}
-    assert {"RandBiasFieldd", "RandAdjustContrastd", "RandScaleIntensityFixedMeand", "RandShiftIntensityd"} <= names
+    assert {"RandBiasFieldd", "RandAdjustContrastd", "RandScaleIntensityFixedMeand"} <= names
     assert {"RandGaussianNoised", "RandGaussianSmoothd", "MaskIntensityd"} <= names
     augment.set_random_state(0)
     item = brain_slice(64)
@@ -160,7 +196,11 @@ def test_intensity_augmentation_covers_scanner_variation_and_keeps_the_range():
 
 def test_unseen_set_contrast_is_another_family():
     # the unseen-anatomy set must test generalisation, not the augmentation: no shared contrast or noise model
-    training = {type(t).__name__ for t in intensity_augmentation().transforms}
+    training = {
+        type(t).__name__
+        for strength in INTENSITY_STRENGTHS
+        for t in intensity_augmentation(strength=strength).transforms
+    }
     unseen = {type(t).__name__ for t in unseen_intensity_model().transforms}
     assert "RandTissueContrastd" in unseen and "RandTissueContrastd" not in training
     assert not {"RandAdjustContrastd", "RandScaleIntensityFixedMeand", "RandGaussianNoised"} & unseen

@@ -58,6 +58,7 @@ __all__ = [
     "SUPPORTED_RESOLUTIONS",
     "VALIDATION_EVERY",
     "AUGMENTATION_RECIPES",
+    "INTENSITY_STRENGTHS",
     "volume_slices",
     "slices_at_resolution",
     "build_training_set",
@@ -180,33 +181,48 @@ def ensure_training_set(dataset_dir: str, resolution: int = 64, synthetic_subjec
 
 
 #: ``recipe`` values of :func:`training_augmentation`.
-AUGMENTATION_RECIPES = ("default", "diverse")
+AUGMENTATION_RECIPES = ("default", "mild", "diverse")
+
+#: Strengths of :func:`intensity_augmentation`: bias-field coefficient bound, gamma range, contrast factor bound,
+#: brightness offset bound (0: no brightness step) and noise sigma bound. "mild" keeps Recipe 1's bias field and
+#: gamma and adds weak contrast, blur and noise; it has no brightness step.
+INTENSITY_STRENGTHS: dict[str, dict[str, Any]] = {
+    "diverse": {"bias": 0.3, "gamma": (0.5, 2.0), "contrast": 0.25, "brightness": 0.1, "noise": 0.03},
+    "mild": {"bias": 0.15, "gamma": (0.7, 1.5), "contrast": 0.15, "brightness": 0.0, "noise": 0.015},
+}
 
 
-def intensity_augmentation(keys: tuple[str, str] = ("image", "mask")) -> Compose:
+def intensity_augmentation(keys: tuple[str, str] = ("image", "mask"), strength: str = "diverse") -> Compose:
     """docs/data.md "Diversity recipe": intensity changes between scanners, for 2D training slices.
 
     Each with probability 0.5 (blur 0.3), in this order: a polynomial bias field (degree 3, coefficients
-    ``U(0, 0.3)``), gamma ``U(0.5, 2)``, contrast (scaled by ``1 + U(-0.25, 0.25)`` about the slice mean),
-    brightness (shifted by ``U(-0.1, 0.1)``), blur (sigma ``U(0.25, 0.6)`` pixels) and Gaussian noise (sigma
-    ``U(0, 0.03)``); then the background is masked back to 0 and the image clipped to [0, 1]. The unseen-anatomy
-    set renders its subjects with another family (:func:`monai_diffad.data.subjects.unseen_intensity_model`).
+    ``U(0, bias)``), gamma ``U(*gamma)``, contrast (scaled by ``1 + U(-contrast, contrast)`` about the slice mean),
+    brightness (shifted by ``U(-brightness, brightness)``; left out when 0), blur (sigma ``U(0.25, 0.6)`` pixels)
+    and Gaussian noise (sigma ``U(0, noise)``); then the background is masked back to 0 and the image clipped to
+    [0, 1]. The values of each ``strength`` are in :data:`INTENSITY_STRENGTHS`: "diverse" is bias 0.3, gamma
+    (0.5, 2), contrast 0.25, brightness 0.1, noise 0.03; "mild" is bias 0.15, gamma (0.7, 1.5), contrast 0.15, no
+    brightness, noise 0.015. The unseen-anatomy set renders its subjects with another family
+    (:func:`monai_diffad.data.subjects.unseen_intensity_model`).
 
     Args:
         keys: ``(image_key, mask_key)``; items are channel-first ``(1, H, W)``, image in [0, 1].
+        strength: a key of :data:`INTENSITY_STRENGTHS`.
 
     Returns:
         A ``Compose`` whose output image is in [0, 1], 0 where the mask is 0.
     """
     image_key, mask_key = keys
+    values = INTENSITY_STRENGTHS[look_up_option(strength, tuple(INTENSITY_STRENGTHS))]
+    shift = values["brightness"]
+    brightness = [RandShiftIntensityd(image_key, prob=0.5, offsets=shift)] if shift else []
     return Compose(
         [
-            RandBiasFieldd(image_key, degree=3, coeff_range=(0.0, 0.3), prob=0.5),
-            RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),
-            RandScaleIntensityFixedMeand(image_key, prob=0.5, factors=0.25),
-            RandShiftIntensityd(image_key, prob=0.5, offsets=0.1),
+            RandBiasFieldd(image_key, degree=3, coeff_range=(0.0, values["bias"]), prob=0.5),
+            RandAdjustContrastd(image_key, prob=0.5, gamma=values["gamma"]),
+            RandScaleIntensityFixedMeand(image_key, prob=0.5, factors=values["contrast"]),
+            *brightness,
             RandGaussianSmoothd(image_key, sigma_x=(0.25, 0.6), sigma_y=(0.25, 0.6), prob=0.3),
-            RandGaussianNoised(image_key, prob=0.5, std=0.03),
+            RandGaussianNoised(image_key, prob=0.5, std=values["noise"]),
             # every step above also changes the background: re-mask, then clip to [0, 1]
             MaskIntensityd(image_key, mask_key=mask_key),
             ScaleIntensityRanged(image_key, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
@@ -220,8 +236,8 @@ def training_augmentation(
     """docs/data.md Recipe 1: MONAI augmentation that turns three anatomies into many plausible "subjects".
 
     Values are set for 128 x 128; at 64 x 64 the translation and the elastic grid spacing (both in pixels) are halved.
-    ``recipe="diverse"`` keeps the spatial steps and Gibbs ringing and replaces the bias field and contrast steps by
-    :func:`intensity_augmentation` (docs/data.md "Diversity recipe").
+    ``recipe="mild"`` or ``"diverse"`` keeps the spatial steps and Gibbs ringing and replaces the bias field and
+    contrast steps by :func:`intensity_augmentation` of that strength (docs/data.md "Diversity recipe").
 
     Args:
         resolution: 64 or 128.
@@ -257,8 +273,8 @@ def training_augmentation(
         ),
     ]
     gibbs = RandGibbsNoised(image_key, prob=0.3, alpha=(0.0, 0.4))
-    if recipe == "diverse":
-        return Compose([*spatial, gibbs, intensity_augmentation(keys)])
+    if recipe in INTENSITY_STRENGTHS:
+        return Compose([*spatial, gibbs, intensity_augmentation(keys, strength=recipe)])
     return Compose(
         [
             *spatial,
