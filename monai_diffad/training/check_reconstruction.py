@@ -6,6 +6,8 @@ Healthy (lesion-free) slices of an evaluation set (the development set, the unse
 ``t = L`` down to 0 (``L + 1`` network calls, network range [-1, 1]) with Gaussian or Simplex noise, the noise the
 weights were trained with. Reports MSE and SSIM against the input (a good model reproduces healthy anatomy) and,
 on lesion slices, the mean intensity change inside versus outside the lesion (a good model removes lesions).
+``--second-seed`` also reports the SSIM between two reconstructions of the same healthy slices from independent
+noise: how far sampling alone moves a reconstruction, a reference for the SSIM against the input.
 
 Usage: ``python -m monai_diffad.training.check_reconstruction --weights bundles/ddpm/models/model.pt
 --dev-npz data_cache/dev_64.npz --levels 200 350 --num 8 --png outputs/recon.png``; ``--num all --num-lesion 0``
@@ -85,6 +87,7 @@ def reconstruction_report(
     device: str = "cpu",
     noise_type: str = "gaussian",
     num_lesion: int | None = AS_NUM,
+    second_seed: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Reconstruct ``num`` lesion-free and ``num_lesion`` lesion slices at each level and summarise the quality.
 
@@ -99,12 +102,16 @@ def reconstruction_report(
         num: lesion-free slices, evenly spread over the set's; ``None`` for all of them.
         num_lesion: lesion slices likewise; ``None`` for all, :data:`AS_NUM` (default) for as many as ``num``, 0
             for none (then the report has no lesion metrics).
+        second_seed: when given, the lesion-free slices are reconstructed a second time with noise seeds from
+            ``second_seed`` on (independent of ``seed``'s when the ranges do not overlap), and the report adds
+            ``healthy_ssim_between_draws``, the mean SSIM between the two reconstructions.
 
     Returns:
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
-        "lesion_change_outside"}}``; the MSE/SSIM are means over the lesion-free slices of [0, 1] images over the
-        whole slice (background included, 0 on both sides), ``healthy_mse_brain`` only inside the brain mask; the
-        lesion metrics are absent without lesion slices, the healthy ones without lesion-free slices (``num=0``).
+        "lesion_change_outside"}}`` (and ``"healthy_ssim_between_draws"`` with ``second_seed``); the MSE/SSIM are
+        means over the lesion-free slices of [0, 1] images over the whole slice (background included, 0 on both
+        sides), ``healthy_mse_brain`` only inside the brain mask; the lesion metrics are absent without lesion
+        slices, the healthy ones without lesion-free slices (``num=0``).
 
     Raises:
         ValueError: when neither lesion-free nor lesion slices are picked.
@@ -137,6 +144,9 @@ def reconstruction_report(
             row["healthy_mse"] = float(((recon[h] - images[h]) ** 2).mean())
             row["healthy_mse_brain"] = float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum())
             row["healthy_ssim"] = float(healthy_ssim.mean())
+            if second_seed is not None:
+                draw = partial_noise_reconstruct(images[h], unet, scheduler, level, second_seed, noise_type) * brains[h]
+                row["healthy_ssim_between_draws"] = float(torch.as_tensor(ssim(draw, recon[h])).mean())
         if len(pick_lesion):
             change = (recon[ill] - images[ill]).abs()
             outside_mask = brains[ill] * (1 - lesions[ill])
@@ -189,11 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--network", choices=("demo", "paper"), default="demo", help="architecture of --weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--noise-type", choices=("gaussian", "simplex"), default="gaussian", help="training noise")
+    parser.add_argument(
+        "--second-seed", type=int, default=None, help="also report the SSIM between two independent reconstructions"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = reconstruction_report(
         args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device,
-        args.noise_type, args.num_lesion,
+        args.noise_type, args.num_lesion, args.second_seed,
     )  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0
