@@ -14,6 +14,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 from monai.utils import look_up_option
 
+from monai_diffad.networks import ddpm_network
 from monai_diffad.noise import NoiseType
 
 __all__ = [
@@ -156,9 +157,13 @@ def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian", network
     """The shared DDPM weights for a noise type and network, from ``bundles/ddpm/models/``.
 
     - ``network="demo"`` (shipped, 64x64): ``model.pt`` (Gaussian) or ``model_simplex.pt``.
+    - ``network="demo128"`` (the demo network at 128x128, trained with ``bundles/ddpm/train_128.json``):
+      ``model_128.pt`` or ``model_128_simplex.pt``.
     - ``network="paper"`` (the reference network at 128x128, trained with ``bundles/ddpm/train_paper.json``):
-      ``model_paper.pt`` or ``model_paper_simplex.pt``. Where only the shipped int8 copy ``<name>_int8.pt`` exists,
-      the floating-point file rebuilt from it (:func:`monai_diffad.quantization.materialize_int8`) is returned.
+      ``model_paper.pt`` or ``model_paper_simplex.pt``.
+
+    Where only the shipped int8 copy ``<name>_int8.pt`` exists, the floating-point file rebuilt from it
+    (:func:`monai_diffad.quantization.materialize_int8`) is returned.
 
     A DDPM restores from the noise it was trained on, so AnoDDPM and THOR-Simplex use the Simplex-trained weights.
     Where they do not exist, the Gaussian weights of the same network are returned with a warning (the methods then
@@ -167,15 +172,13 @@ def shared_ddpm_checkpoint(repo_root: str, noise_type: str = "gaussian", network
     Args:
         repo_root: the folder that holds ``bundles/``.
         noise_type: ``"gaussian"`` or ``"simplex"``.
-        network: ``"demo"`` or ``"paper"``.
+        network: a key of :data:`monai_diffad.networks.DDPM_NETWORKS` (``"demo"``, ``"demo128"``, ``"paper"``).
 
     Raises:
         ValueError: an unknown noise type or network.
     """
-    if network not in ("demo", "paper"):
-        raise ValueError(f"network must be 'demo' or 'paper', got {network!r}.")
+    stem = ddpm_network(network).weights_stem
     models = os.path.join(repo_root, "bundles", "ddpm", "models")
-    stem = "model" if network == "demo" else "model_paper"
     gaussian = _weights_file(models, stem)
     if look_up_option(noise_type, NoiseType) == NoiseType.GAUSSIAN:
         return gaussian

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,10 @@ from monai_diffad.int8 import dequantize_state_dict, is_int8_state_dict
 __all__ = [
     "PAPER_UNET",
     "DEMO_UNET",
+    "DEMO_UNET_128",
+    "DDPM_NETWORKS",
+    "DDPMNetwork",
+    "ddpm_network",
     "diffusion_unet",
     "ddpm_scheduler",
     "load_state_dict_safely",
@@ -43,6 +48,58 @@ DEMO_UNET: dict[str, Any] = {
     "num_res_blocks": 1,
     "num_head_channels": 64,
 }
+
+#: The demo network at 128x128 (1.5 mm): one more level than :data:`DEMO_UNET`, so that attention still runs at
+#: 16x16 and sees the whole brain (attention at 32x32 would be 1.4x slower per step on the CPU and see half of it).
+DEMO_UNET_128: dict[str, Any] = {
+    "channels": [32, 64, 64, 64],
+    "attention_levels": [False, False, False, True],
+    "num_res_blocks": 1,
+    "num_head_channels": 64,
+}
+
+
+@dataclass(frozen=True)
+class DDPMNetwork:
+    """One DDPM network the bundles can run: its architecture, resolution, weights and training configs.
+
+    Attributes:
+        architecture: keyword arguments of :func:`diffusion_unet`.
+        resolution: the image size (pixels per side) it is trained and run at.
+        weights_stem: file stem of its weights in ``bundles/ddpm/models/`` (``<stem>.pt``, ``<stem>_simplex.pt``).
+        train_configs: the bundle configs, merged in order, that train it (``python -m monai.bundle run``).
+    """
+
+    architecture: Mapping[str, Any]
+    resolution: int
+    weights_stem: str
+    train_configs: tuple[str, ...]
+
+    def train_command(self) -> str:
+        """The shell command that trains this network on the built-in template set."""
+        quoted = ",".join(f"'{c}'" for c in self.train_configs)
+        configs = self.train_configs[0] if len(self.train_configs) == 1 else f"[{quoted}]"
+        return f'python -m monai.bundle run --config_file "{configs}"'
+
+
+#: The DDPM networks by the name a bundle's ``network_size`` uses: the shipped 64x64 demo, the demo at 128x128
+#: (``bundles/ddpm/train_128.json``) and the papers' network (``bundles/ddpm/train_paper.json``, a GPU job).
+DDPM_NETWORKS: dict[str, DDPMNetwork] = {
+    "demo": DDPMNetwork(DEMO_UNET, 64, "model", ("bundles/ddpm/train.json",)),
+    "demo128": DDPMNetwork(DEMO_UNET_128, 128, "model_128", ("bundles/ddpm/train.json", "bundles/ddpm/train_128.json")),
+    "paper": DDPMNetwork(PAPER_UNET, 128, "model_paper", ("bundles/ddpm/train.json", "bundles/ddpm/train_paper.json")),
+}
+
+
+def ddpm_network(name: str) -> DDPMNetwork:
+    """The :data:`DDPM_NETWORKS` entry called ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name not in DDPM_NETWORKS:
+        raise ValueError(f"network must be one of {sorted(DDPM_NETWORKS)}, got {name!r}.")
+    return DDPM_NETWORKS[name]
 
 
 def diffusion_unet(
@@ -151,11 +208,8 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        # the paper-size weights (model_paper*.pt) come from the train_paper.json overlay
-        paper = "paper" in os.path.basename(path)
-        configs = "\"['bundles/ddpm/train.json','bundles/ddpm/train_paper.json']\"" if paper else "bundles/ddpm/train.json"
         raise FileNotFoundError(
-            f"Checkpoint not found: '{path}'. Train one with 'python -m monai.bundle run --config_file {configs}' "
+            f"Checkpoint not found: '{path}'. Train one with '{_network_for_weights(path).train_command()}' "
             "or pass the path of an existing checkpoint."
         )
     if path.endswith(".safetensors"):
@@ -186,6 +240,12 @@ def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> d
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"Checkpoint '{path}' does not hold a (non-empty) state dict of tensors.")
     return dict(obj)
+
+
+def _network_for_weights(path: str) -> DDPMNetwork:
+    """The network whose weights file ``path`` names (``model_paper*.pt``: the paper network; else the demo)."""
+    stem = os.path.basename(path).split(".")[0].removesuffix("_int8").removesuffix("_simplex")
+    return next((n for n in DDPM_NETWORKS.values() if n.weights_stem == stem), DDPM_NETWORKS["demo"])
 
 
 def _is_legacy_unet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:

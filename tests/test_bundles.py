@@ -170,22 +170,31 @@ def test_documented_reuse_example(monkeypatch):
     assert out.anomaly_map.shape == (2, 1, 64, 64) and out.score.shape == (2,)
 
 
+@pytest.mark.parametrize("network_size, parameters", [("paper", 18.04e6), ("demo128", 1.508e6)])
 @pytest.mark.parametrize("name", ["thor", "ddpm", "anoddpm", "autoddpm"])
-def test_paper_overlay_builds_the_network_train_paper_trains(name, monkeypatch):
-    """inference_paper.json over a DDPM bundle: train_paper.json's network and resolution, the paper weights file."""
+def test_network_overlay_builds_the_network_its_train_overlay_trains(name, network_size, parameters, monkeypatch):
+    """inference_<size>.json over a DDPM bundle: its train overlay's network and resolution, its weights file."""
     monkeypatch.chdir(ROOT)
     from monai.bundle import ConfigParser
 
-    inference = ConfigParser(ConfigParser.load_config_files([f"bundles/{name}/inference.json", PAPER_OVERLAY]))
-    train = ConfigParser(ConfigParser.load_config_files(["bundles/ddpm/train.json", "bundles/ddpm/train_paper.json"]))
+    from monai_diffad.networks import DDPM_NETWORKS
+
+    spec = DDPM_NETWORKS[network_size]
+    overlay = spec.train_configs[-1].replace("train_", "inference_")
+    inference = ConfigParser(ConfigParser.load_config_files([f"bundles/{name}/inference.json", overlay]))
+    train = ConfigParser(ConfigParser.load_config_files(list(spec.train_configs)))
+    assert inference.get("network_size") == network_size
     assert inference.get("network_def") == train.get("network_def")
-    assert inference.get("image_size") == train.get("resolution") == 128
+    assert {k: inference.get("network_def")[k] for k in spec.architecture} == dict(spec.architecture)
+    assert inference.get("image_size") == train.get("resolution") == spec.resolution == 128
+    assert train.get_parsed_content("shipped_model_file").endswith(f"{spec.weights_stem}.pt")
     network = inference.get_parsed_content("network_def")
-    assert sum(p.numel() for p in network.parameters()) == pytest.approx(18.04e6, rel=1e-3)
-    stem = "model_paper_simplex.pt" if name == "anoddpm" else "model_paper.pt"
+    assert sum(p.numel() for p in network.parameters()) == pytest.approx(parameters, rel=1e-3)
+    stem = spec.weights_stem
     checkpoint = inference.get_parsed_content("checkpoint")
-    # no Simplex-trained paper network: AnoDDPM falls back to the Gaussian paper weights (with a warning)
-    assert os.path.basename(checkpoint) in {stem, "model_paper.pt"}
+    # no Simplex-trained network of this size: AnoDDPM falls back to the Gaussian weights (with a warning)
+    expected = {f"{stem}_simplex.pt", f"{stem}.pt"} if name == "anoddpm" else {f"{stem}.pt"}
+    assert os.path.basename(checkpoint) in expected
     assert os.path.dirname(checkpoint) == os.path.join(ROOT, "bundles", "ddpm", "models")
 
 
@@ -215,5 +224,10 @@ def test_shared_ddpm_checkpoint_names(tmp_path):
         shared_ddpm_checkpoint(str(tmp_path), "gaussian", "large")
     from monai_diffad.networks import load_state_dict_safely
 
-    with pytest.raises(FileNotFoundError, match="model_paper.pt'. Train one .*train_paper.json"):
+    with pytest.raises(FileNotFoundError, match="model_paper.pt'. Train one .*train.json','bundles/ddpm/train_paper.json"):
         load_state_dict_safely(shared_ddpm_checkpoint(str(tmp_path), "gaussian", "paper"))
+    assert shared_ddpm_checkpoint(str(tmp_path), "gaussian", "demo128") == str(models / "model_128.pt")
+    with pytest.raises(FileNotFoundError, match="model_128_simplex.pt'. Train one .*train.json','bundles/ddpm/train_128.json"):
+        load_state_dict_safely(str(models / "model_128_simplex.pt"))
+    with pytest.raises(FileNotFoundError, match=r"nope.pt'. Train one .*config_file \"bundles/ddpm/train.json\""):
+        load_state_dict_safely(str(models / "nope.pt"))

@@ -72,10 +72,11 @@ def test_ssim_between_two_draws(dev_npz, demo_weights, capsys):
 
 
 def test_architecture_must_match_the_weights(dev_npz, demo_weights):
-    with pytest.raises(ValueError, match="network must be 'demo' or 'paper'"):
+    with pytest.raises(ValueError, match=r"network must be one of \['demo', 'demo128', 'paper'\], got 'large'"):
         reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network="large")
-    with pytest.raises(ValueError, match="does not match|resized|missing"):
-        reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network="paper")
+    for network in ("paper", "demo128"):
+        with pytest.raises(ValueError, match="does not match|resized|missing"):
+            reconstruction_report(demo_weights, dev_npz, levels=(2,), num=1, network=network)
 
 
 def test_cli_prints_json(dev_npz, demo_weights, capsys):

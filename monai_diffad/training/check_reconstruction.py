@@ -27,7 +27,7 @@ from monai.metrics import SSIMMetric
 from monai.networks.schedulers import DDPMScheduler
 
 from monai_diffad.inferers import DDPMAnomalyInferer, SeededNoise
-from monai_diffad.networks import DEMO_UNET, PAPER_UNET, ddpm_scheduler, load_diffusion_unet
+from monai_diffad.networks import DDPM_NETWORKS, ddpm_network, ddpm_scheduler, load_diffusion_unet
 
 __all__ = ["AS_NUM", "partial_noise_reconstruct", "reconstruction_report"]
 
@@ -93,8 +93,8 @@ def reconstruction_report(
 
     ``dev_npz`` is any evaluation npz with ``images``, ``masks``, ``brain_masks`` and ``split`` (``validation``:
     lesion-free, ``test``: lesion slices), e.g. ``dev_64.npz`` or ``unseen_64.npz``. ``network`` names the
-    architecture of ``weights`` (``"demo"``: :data:`~monai_diffad.networks.DEMO_UNET`, ``"paper"``:
-    :data:`~monai_diffad.networks.PAPER_UNET`); ``dev_npz`` must be at the resolution it was trained at, and
+    architecture of ``weights`` (a key of :data:`~monai_diffad.networks.DDPM_NETWORKS`: ``"demo"``, ``"demo128"``,
+    ``"paper"``); ``dev_npz`` must be at the resolution it was trained at, and
     ``noise_type`` must be the noise it was trained with (``"simplex"`` for ``model_simplex.pt``). Gaussian noise
     is drawn on the CPU, so CPU and GPU figures differ by float rounding alone.
 
@@ -126,10 +126,7 @@ def reconstruction_report(
     images = torch.from_numpy(data["images"][picks][:, None]).float().to(device)
     brains = torch.from_numpy(data["brain_masks"][picks][:, None]).float().to(device)
     lesions = torch.from_numpy(data["masks"][picks][:, None]).float().to(device)
-    architecture = {"demo": DEMO_UNET, "paper": PAPER_UNET}.get(network)
-    if architecture is None:
-        raise ValueError(f"network must be 'demo' or 'paper', got {network!r}.")
-    unet = load_diffusion_unet(weights, **architecture).to(device)
+    unet = load_diffusion_unet(weights, **ddpm_network(network).architecture).to(device)
     scheduler = ddpm_scheduler()
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0)
     report, recons = {}, {}
@@ -196,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--png", default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--network", choices=("demo", "paper"), default="demo", help="architecture of --weights")
+    parser.add_argument("--network", choices=sorted(DDPM_NETWORKS), default="demo", help="architecture of --weights")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--noise-type", choices=("gaussian", "simplex"), default="gaussian", help="training noise")
     parser.add_argument(
