@@ -28,7 +28,7 @@ from monai.bundle import ConfigParser
 
 from monai_diffad.inferers import DiffusionAnomalyInferer
 from monai_diffad.inferers.perceptual_term import PerceptualTerm
-from monai_diffad.networks import load_state_dict_safely
+from monai_diffad.networks import load_matching_state_dict, load_state_dict_safely
 
 __all__ = [
     "HARMONIZATION_STEPS",
@@ -357,7 +357,7 @@ def build_method(
     if not os.path.isfile(checkpoint):
         raise MethodUnavailable(f"no weights yet: checkpoint '{checkpoint}' does not exist")
     network = parser.get_parsed_content("network")
-    network.load_state_dict(load_state_dict_safely(checkpoint), strict=True)
+    load_matching_state_dict(network, load_state_dict_safely(checkpoint), checkpoint)
     network.to(device).eval()
     inferer = parser.get_parsed_content("inferer")
     if not isinstance(inferer, DiffusionAnomalyInferer):

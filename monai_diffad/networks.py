@@ -8,7 +8,8 @@ and referenced from every bundle (``network_def``) and from the training code.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_weights_only",
     "convert_legacy_unet_state_dict",
     "load_diffusion_unet",
+    "load_matching_state_dict",
 ]
 
 #: THOR / AutoDDPM reference network (18.04 M parameters at 128x128; docs/methods.md).
@@ -298,11 +300,43 @@ def load_diffusion_unet(
     """
     model = diffusion_unet(**unet_kwargs) if model is None else model
     state = load_state_dict_safely(path)
-    try:
-        if _is_legacy_unet_state_dict(state) or any(k.startswith("unet.") for k in state):
+    if _is_legacy_unet_state_dict(state) or any(k.startswith("unet.") for k in state):
+        with _architecture_mismatch_as_value_error(model, state, path):
             convert_legacy_unet_state_dict(state, model)
-        else:
-            model.load_state_dict(state, strict=strict)
+    else:
+        load_matching_state_dict(model, state, path, strict=strict)
+    return model.eval()
+
+
+def load_matching_state_dict(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, strict: bool = True
+) -> torch.nn.Module:
+    """``model.load_state_dict(state)``, with an architecture mismatch reported as one ``ValueError`` naming ``path``.
+
+    Args:
+        model: the network to fill.
+        state: its weights, e.g. from :func:`load_state_dict_safely`.
+        path: the file ``state`` came from (for the message).
+        strict: require an exact key match.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: the weights do not fit the network (the message lists a few missing, unexpected and differently
+            shaped keys), e.g. 64x64 demo weights given to the 128x128 network.
+    """
+    with _architecture_mismatch_as_value_error(model, state, path):
+        model.load_state_dict(state, strict=strict)
+    return model
+
+
+@contextmanager
+def _architecture_mismatch_as_value_error(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike
+) -> Iterator[None]:
+    try:
+        yield
     except (RuntimeError, KeyError, AssertionError) as e:
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(state))[:5], sorted(set(state) - set(expected))[:5]
@@ -313,4 +347,3 @@ def load_diffusion_unet(
             f"(missing e.g. {missing}, unexpected e.g. {unexpected}, shape mismatch e.g. {resized}): "
             f"{str(e).splitlines()[0]}"
         ) from e
-    return model.eval()

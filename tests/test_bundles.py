@@ -153,6 +153,22 @@ def test_missing_weights_error_names_the_file(tmp_path):
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
 
 
+def test_weights_of_another_network_size_error_names_the_file(tmp_path):
+    """128x128 demo weights given to the 64x64 THOR bundle: a ValueError naming the file, before any image is read."""
+    from monai_diffad.networks import DEMO_UNET_128, diffusion_unet
+
+    weights = tmp_path / "demo128.pt"
+    torch.save(diffusion_unet(**DEMO_UNET_128).state_dict(), weights)
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/thor/inference.json",
+        "--checkpoint", str(weights), "--output_dir", str(tmp_path / "o"),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"ValueError: Checkpoint '{weights}' does not match the network architecture" in proc.stderr
+    assert "THORInferer" not in proc.stderr  # failed at initialize, not inside the evaluator
+
+
 @pytest.mark.skipif(not os.path.isfile(DEMO_WEIGHTS), reason="demo weights not built yet")
 def test_documented_reuse_example(monkeypatch):
     """bundles/thor/docs/README.md § Reuse, executed as written (with a shorter schedule)."""
@@ -208,6 +224,32 @@ def test_paper_overlay_applies_where_it_fits(monkeypatch):
             build_method("thor", "bundles", device="cpu", overlays=[PAPER_OVERLAY])
     disyre = build_method("disyre", "bundles", device="cpu", overlays=[PAPER_OVERLAY])
     assert disyre.image_size == 64 and disyre.settings["overrides"] == {}
+
+
+def test_demo128_overlay_runs_thor_at_128(tmp_path, monkeypatch):
+    """THOR through inference_128.json: without weights it names model_128.pt and the command that trains them;
+    with (seeded) 128x128 demo weights it detects on 128x128 slices, and the 64x64 weights are refused."""
+    monkeypatch.chdir(ROOT)
+    from conftest import nonzero_init_
+
+    from monai_diffad.methods import MethodUnavailable, build_method
+    from monai_diffad.networks import DEMO_UNET_128, diffusion_unet
+
+    overlay = "bundles/ddpm/inference_128.json"
+    if not os.path.isfile(os.path.join(ROOT, "bundles", "ddpm", "models", "model_128.pt")):
+        with pytest.raises(MethodUnavailable, match="model_128.pt"):
+            build_method("thor", "bundles", device="cpu", overlays=[overlay])
+    weights = tmp_path / "demo128.pt"
+    torch.save(nonzero_init_(diffusion_unet(**DEMO_UNET_128), seed=3).state_dict(), weights)
+    steps = {"noise_level": 6, "harmonization_steps": [4], "record_interval": 2}
+    thor = build_method("thor", "bundles", {"checkpoint": str(weights), **steps}, device="cpu", overlays=[overlay])
+    assert thor.image_size == 128 and thor.settings["checkpoint"] == str(weights)
+    out = thor.inferer.detect(torch.rand(2, 1, 128, 128), thor.network)
+    assert out.anomaly_map.shape == (2, 1, 128, 128) and torch.isfinite(out.anomaly_map).all()
+    assert out.anomaly_map.std() > 0  # seeded weights: the map is not the constant an all-zero network gives
+    if os.path.isfile(DEMO_WEIGHTS):
+        with pytest.raises(ValueError, match="does not match the network architecture"):
+            build_method("thor", "bundles", {"checkpoint": DEMO_WEIGHTS}, device="cpu", overlays=[overlay])
 
 
 def test_shared_ddpm_checkpoint_names(tmp_path):
