@@ -52,7 +52,8 @@ DEMO_UNET: dict[str, Any] = {
 }
 
 #: The demo network at 128x128 (1.5 mm): one more level than :data:`DEMO_UNET`, so that attention still runs at
-#: 16x16 and sees the whole brain (attention at 32x32 would be 1.4x slower per step on the CPU and see half of it).
+#: 16x16 over the whole brain; the demo architecture at 128x128 (attention at 32x32) is 1.35x slower per training
+#: step on the CPU (``benchmarks/bench_training.py``).
 DEMO_UNET_128: dict[str, Any] = {
     "channels": [32, 64, 64, 64],
     "attention_levels": [False, False, False, True],
