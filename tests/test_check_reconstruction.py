@@ -93,3 +93,34 @@ def test_simplex_noise_check_runs_and_differs_from_gaussian(dev_npz, demo_weight
     assert again == simplex
     with pytest.raises(ValueError, match="simplex"):
         reconstruction_report(demo_weights, dev_npz, levels=(3,), num=1, noise_type="perlin")
+
+
+def test_compare_at_another_resolution(tmp_path):
+    """--compare-npz scores the reconstructions on another grid: on the set's own grid it repeats healthy_ssim/mse;
+    on a 2x coarser copy it adds the _at_16 keys and changes nothing else; other slices are refused."""
+    from conftest import nonzero_init_
+
+    weights = tmp_path / "seeded.pt"
+    torch.save(nonzero_init_(diffusion_unet(), seed=1).state_dict(), weights)
+    rng = np.random.default_rng(1)
+    images = rng.random((4, 32, 32)).astype(np.float32)
+    fine = {"images": images, "masks": np.zeros((4, 32, 32), np.uint8), "brain_masks": np.ones((4, 32, 32), np.uint8),
+            "split": np.array(["validation"] * 4), "z": np.arange(4)}
+    coarse = {k: (v.reshape(4, 16, 2, 16, 2).mean((2, 4)).astype(v.dtype) if v.ndim == 3 else v)
+              for k, v in fine.items()}
+    paths = {}
+    for name, arrays in (("fine", fine), ("coarse", coarse), ("other", {**coarse, "z": np.arange(4)[::-1]})):
+        paths[name] = str(tmp_path / f"{name}.npz")
+        np.savez(paths[name], **arrays)
+    run = lambda other: reconstruction_report(  # noqa: E731
+        str(weights), paths["fine"], levels=(5,), num=None, num_lesion=0, compare_npz=other
+    )["L=5"]
+    own = run(paths["fine"])
+    assert own["healthy_ssim_at_32"] == pytest.approx(own["healthy_ssim"], abs=1e-6)
+    assert own["healthy_mse_at_32"] == pytest.approx(own["healthy_mse"], rel=1e-6)
+    low = run(paths["coarse"])
+    assert {k: low[k] for k in ("healthy_ssim", "healthy_mse")} == {k: own[k] for k in ("healthy_ssim", "healthy_mse")}
+    assert 0 < low["healthy_mse_at_16"] < low["healthy_mse"]  # averaging 2x2 pixels removes part of the error
+    assert -1 <= low["healthy_ssim_at_16"] <= 1 and low["healthy_ssim_at_16"] != pytest.approx(low["healthy_ssim"])
+    with pytest.raises(ValueError, match="does not hold the slices"):
+        run(paths["other"])

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.metrics import SSIMMetric
 from monai.networks.schedulers import DDPMScheduler
 
@@ -88,6 +89,7 @@ def reconstruction_report(
     noise_type: str = "gaussian",
     num_lesion: int | None = AS_NUM,
     second_seed: int | None = None,
+    compare_npz: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Reconstruct ``num`` lesion-free and ``num_lesion`` lesion slices at each level and summarise the quality.
 
@@ -105,6 +107,9 @@ def reconstruction_report(
         second_seed: when given, the lesion-free slices are reconstructed a second time with noise seeds from
             ``second_seed`` on (independent of ``seed``'s when the ranges do not overlap), and the report adds
             ``healthy_ssim_between_draws``, the mean SSIM between the two reconstructions.
+        compare_npz: the same slices at another resolution (e.g. ``dev_64.npz`` for ``dev_128.npz``): the report adds
+            ``healthy_ssim_at_R`` and ``healthy_mse_at_R``, the lesion-free reconstructions area-resized to its
+            resolution R and scored against its images, so that networks of two resolutions compare on one grid.
 
     Returns:
         ``{f"L={level}": {"healthy_mse", "healthy_ssim", "healthy_mse_brain", "lesion_change_inside",
@@ -114,7 +119,7 @@ def reconstruction_report(
         slices, the healthy ones without lesion-free slices (``num=0``).
 
     Raises:
-        ValueError: when neither lesion-free nor lesion slices are picked.
+        ValueError: when neither lesion-free nor lesion slices are picked, or ``compare_npz`` holds other slices.
     """
     data = np.load(dev_npz)
     pick_free = _spread(np.nonzero(data["split"] == "validation")[0], num)
@@ -129,6 +134,14 @@ def reconstruction_report(
     unet = load_diffusion_unet(weights, **ddpm_network(network).architecture).to(device)
     scheduler = ddpm_scheduler()
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0)
+    if compare_npz is not None:
+        other = np.load(compare_npz)
+        same = [k for k in ("z", "split", "size_class") if k in other.files and k in data.files]
+        if len(other["images"]) != len(data["images"]) or not all(np.array_equal(other[k], data[k]) for k in same):
+            raise ValueError(f"{compare_npz} does not hold the slices of {dev_npz} (count or {same} differ).")
+        other_images = torch.from_numpy(other["images"][pick_free][:, None]).float().to(device)
+        other_brains = torch.from_numpy(other["brain_masks"][pick_free][:, None]).float().to(device)
+        other_size = other_images.shape[-1]
     report, recons = {}, {}
     for level in levels:
         recon = partial_noise_reconstruct(images, unet, scheduler, level, seed, noise_type) * brains
@@ -141,6 +154,11 @@ def reconstruction_report(
             row["healthy_mse"] = float(((recon[h] - images[h]) ** 2).mean())
             row["healthy_mse_brain"] = float((((recon[h] - images[h]) ** 2) * brains[h]).sum() / brains[h].sum())
             row["healthy_ssim"] = float(healthy_ssim.mean())
+            if compare_npz is not None:
+                # area resizing: each low-resolution pixel is the mean of the pixels it covers, as the set builder's
+                resized = F.interpolate(recon[h], size=other_images.shape[-2:], mode="area") * other_brains
+                row[f"healthy_ssim_at_{other_size}"] = float(torch.as_tensor(ssim(resized, other_images)).mean())
+                row[f"healthy_mse_at_{other_size}"] = float(((resized - other_images) ** 2).mean())
             if second_seed is not None:
                 draw = partial_noise_reconstruct(images[h], unet, scheduler, level, second_seed, noise_type) * brains[h]
                 row["healthy_ssim_between_draws"] = float(torch.as_tensor(ssim(draw, recon[h])).mean())
@@ -199,11 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--second-seed", type=int, default=None, help="also report the SSIM between two independent reconstructions"
     )
+    parser.add_argument(
+        "--compare-npz", default=None, help="the same slices at another resolution: also score the reconstructions there"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = reconstruction_report(
         args.weights, args.dev_npz, args.levels, args.num, args.seed, args.png, args.network, args.device,
-        args.noise_type, args.num_lesion, args.second_seed,
+        args.noise_type, args.num_lesion, args.second_seed, args.compare_npz,
     )  # fmt: skip
     print(json.dumps(report, indent=1))
     return 0
