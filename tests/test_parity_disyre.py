@@ -110,7 +110,8 @@ def test_schedule_tables_and_step_levels_match_the_reference():
     ours = disyre_scheduler()
     assert _max_abs(ours.betas, ref["betas"]) == 0
     assert _max_abs(ours.alphas_cumprod, ref["alphas_cumprod"]) == 0
-    assert _max_abs(ours.alphas_cumprod.sqrt(), ref["sqrt_alphas_cumprod"]) == 0
+    # float32 sqrt may differ by one ulp between CPU instruction sets (vectorised or not): allow that, no more
+    assert _max_abs(ours.alphas_cumprod.sqrt(), ref["sqrt_alphas_cumprod"]) < 1e-7
     # the reference's training map t_ref = argmin |√ᾱ_t − α|
     assert torch.equal(reference_timestep(ref["alpha_grid"], ours), ref["map_alpha_to_timestep"])
     # its "trailing" inference timesteps and the steps between them are ours − 1 with s = T / steps
